@@ -1,0 +1,164 @@
+"""The checkpoint store's small interface and the plain types that cross it.
+
+The interface is shaped so that a backend without rename (S3-compatible object storage) fits
+behind it unchanged. The layout every backend uses, relative to its root::
+
+    models/<name>/versions/<NNNNNNNN>/weights.safetensors      immutable once written
+                                     /training_state.safetensors (optional)
+                                     /training_state.json        (optional)
+                                     /metadata.json              the manifest, written last
+                                     /deleted.json               tombstone of a deleted version
+    models/<name>/latest.json                                    {"version": N}, moved after a save
+    models/<name>/labels/<label>.json                            {"version": N}
+
+Rules every backend keeps:
+
+- A version exists exactly when its folder holds an intact manifest and no tombstone. Readers
+  never see a half-written version: locally the whole folder appears by one rename; on object
+  storage every object is written create-only and the manifest last.
+- Version numbers are claimed, never overwritten: locally by renaming onto the number (which
+  fails when the folder exists), on object storage by a create-only write. A writer that loses the
+  race takes the next number. A deleted version that is the highest number keeps a tombstone so
+  its number is not handed out again while the model exists.
+- Pointers (``latest``, labels) are small files replaced atomically, only after the version they
+  name is complete; ``latest`` only moves forward on save (locally under a lock, on object storage
+  by compare-and-swap). ``latest`` is a hint: resolution uses the highest complete version, so a
+  pointer left behind by a crash is harmless.
+"""
+
+from __future__ import annotations
+
+import abc
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import retention
+from .errors import LabelInUse, StoreInputError, VersionNotFound
+from .names import LATEST, validate_label
+
+
+@dataclass
+class TrainingState:
+    """What a trainer needs to resume, stored next to a version's weights."""
+
+    tensors: dict[str, np.ndarray]   # optimiser moments, best parameters, ... (safetensors-able)
+    meta: dict                       # JSON-able: step, RNG state, data position, configs
+
+
+@dataclass
+class Checkpoint:
+    """One loaded, verified version."""
+
+    model: str
+    version: int
+    tensors: dict[str, np.ndarray]   # the weights, under the engine's PyTorch names
+    metadata: dict                   # the caller's metadata plus the store's fields
+    training_state: TrainingState | None = None
+
+
+@dataclass
+class VersionInfo:
+    """A listed version, described by its manifest (nothing but the manifest is read to list)."""
+
+    version: int
+    created: float                   # unix seconds
+    size_bytes: int                  # all of the version's files, manifest included
+    metadata: dict
+    labels: list[str] = field(default_factory=list)
+    resumable: bool = False          # a training state was saved with it
+
+
+#: What a ``ref`` argument resolves through: ("latest", None), ("version", n) or ("label", name).
+Ref = tuple[str, "int | str | None"]
+
+
+def parse_ref(ref: int | str | None) -> Ref:
+    """Classify a version reference: None or "latest", a version number, or a label name."""
+    if ref is None or ref == LATEST:
+        return ("latest", None)
+    if isinstance(ref, numbers.Integral) and not isinstance(ref, bool):
+        return ("version", int(ref))
+    if isinstance(ref, str):
+        return ("label", validate_label(ref))
+    raise StoreInputError("ref", "a version reference must be None, 'latest', a version number "
+                          f"or a label name (got {type(ref).__name__})")
+
+
+class CheckpointStore(abc.ABC):
+    """Versioned, verified, pickle-free storage of named models.
+
+    ``ref`` arguments: None or ``"latest"`` -> the highest complete version; an int -> that
+    version; any other string -> the version a label points at. Every method validates the model
+    name first (:class:`InvalidName`) and raises :class:`ModelNotFound` for a model without
+    complete versions.
+    """
+
+    @abc.abstractmethod
+    def save(self, model: str, tensors: dict[str, np.ndarray], metadata: dict,
+             training_state: TrainingState | None = None) -> int:
+        """Store a new version of ``model`` (created on first save) and return its number.
+
+        Either the version is complete, durable and visible when this returns, or
+        :class:`StoreWriteError` is raised and nothing became visible. The store sets the fields
+        listed in ``codec.STORE_FIELDS`` in the saved metadata, replacing any caller values.
+        A new model whose name equals an existing one apart from letter case is refused.
+        """
+
+    @abc.abstractmethod
+    def load(self, model: str, ref: int | str | None = None, *,
+             with_training_state: bool = False) -> Checkpoint:
+        """Read and verify a version: every file read is checked against the manifest's size and
+        sha256, and the weights' names, dtypes and shapes against its tensor table. A damaged or
+        missing file raises :class:`CorruptCheckpoint`. The training state is read (and verified)
+        only when asked for; it is None for a version saved without one."""
+
+    @abc.abstractmethod
+    def resolve(self, model: str, ref: int | str | None = None) -> int:
+        """The version number ``ref`` designates (see the class docstring)."""
+
+    @abc.abstractmethod
+    def list_models(self) -> list[str]:
+        """Names of the models that have at least one complete version, sorted."""
+
+    @abc.abstractmethod
+    def list_versions(self, model: str) -> list[VersionInfo]:
+        """The complete versions of ``model``, oldest first."""
+
+    @abc.abstractmethod
+    def labels(self, model: str) -> dict[str, int]:
+        """Label name -> version number."""
+
+    @abc.abstractmethod
+    def set_label(self, model: str, label: str, version: int) -> None:
+        """Point ``label`` at ``version`` (a complete version), creating or moving it atomically.
+        ``latest`` is reserved; a new label equal to an existing one apart from case is refused."""
+
+    @abc.abstractmethod
+    def remove_label(self, model: str, label: str) -> None:
+        """Remove a label (:class:`LabelNotFound` if it does not exist)."""
+
+    @abc.abstractmethod
+    def delete(self, model: str, version: int | None = None) -> list[int]:
+        """Delete one version, or with ``version=None`` the whole model with its labels; return
+        the deleted version numbers. A labelled version raises :class:`LabelInUse`. Deleting the
+        last remaining version deletes the model."""
+
+    def apply_retention(self, model: str, keep_last: int) -> list[int]:
+        """Delete every version except the ``keep_last`` newest, the labelled ones and the one
+        with the best ``metrics.val_loss``; return the deleted numbers, oldest first."""
+        if (not isinstance(keep_last, numbers.Integral) or isinstance(keep_last, bool)
+                or keep_last < 1):
+            raise StoreInputError("keep_last", f"keep_last must be an integer >= 1 (got {keep_last!r})")
+        deleted: list[int] = []
+        for version in retention.versions_to_delete(self.list_versions(model), int(keep_last)):
+            try:
+                deleted += self.delete(model, version)
+            except (LabelInUse, VersionNotFound):
+                continue  # labelled or deleted by someone else since we listed: not ours to remove
+        return deleted
+
+    def verify(self, model: str, ref: int | str | None = None) -> int:
+        """Check every file of a version, training state included; return its number."""
+        return self.load(model, ref, with_training_state=True).version

@@ -1,0 +1,210 @@
+"""The server's configuration: one dataclass, its command-line flags and their environment
+variables.
+
+Every flag ``--some-name`` can also be set with the environment variable
+``CHARLSTM_SOME_NAME``; a flag on the command line wins over the environment, which wins over
+the default. ``charlstm serve --help`` lists them all with their defaults.
+
+Choices worth knowing:
+
+- ``--host`` defaults to ``0.0.0.0`` (all IPv4 interfaces) because the server is meant to run in
+  a container behind a port mapping; set ``--token`` (and TLS) before exposing it, or bind
+  ``127.0.0.1``.
+- ``--metrics-port`` defaults to 9090; ``0`` picks a free port (logged at start-up) and
+  ``off`` (or any negative number) disables the metrics endpoint.
+- ``--max-workers 0`` (the default) sizes the RPC thread pool from ``--max-streams``: the sync
+  server holds one pool thread per open Stream session, so the pool must outgrow the stream
+  limit for unary calls to keep flowing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+__all__ = ["ServerConfig", "add_serve_arguments", "ENV_PREFIX"]
+
+ENV_PREFIX = "CHARLSTM_"
+MiB = 1024 * 1024
+
+# Pool threads kept free for unary calls on top of one per open stream.
+_UNARY_THREADS = 16
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``charlstm serve`` can be told. Defaults are the documented ones."""
+
+    host: str = "0.0.0.0"
+    port: int = 50051
+    store: str = "./charlstm-store"
+    max_workers: int = 0  # 0: max_streams + 16
+    max_jobs: int = 1
+    max_message_bytes: int = 16 * MiB
+    max_corpus_bytes: int = 64 * MiB
+    max_generate_chars: int = 10_000
+    max_streams: int = 256
+    max_inputs: int = 64
+    max_input_chars: int = 1_000_000
+    idle_timeout: float = 300.0
+    token: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    metrics_port: int = 9090  # 0: a free port; negative: off
+    log_level: str = "INFO"
+    log_format: str = "text"
+    model_cache_size: int = 8
+    grace_period: float = 15.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting when a value is out of range."""
+        def at_least(name: str, lo: float) -> None:
+            if getattr(self, name) < lo:
+                raise ValueError(f"{name} must be >= {lo} (got {getattr(self, name)!r})")
+
+        if not (0 <= self.port <= 65535):
+            raise ValueError(f"port must be in [0, 65535] (got {self.port})")
+        if self.metrics_port > 65535:
+            raise ValueError(f"metrics_port must be <= 65535 (got {self.metrics_port})")
+        for name in ("max_jobs", "max_streams", "max_inputs", "max_generate_chars",
+                     "model_cache_size", "max_input_chars"):
+            at_least(name, 1)
+        at_least("max_workers", 0)
+        at_least("max_message_bytes", 1024)
+        at_least("max_corpus_bytes", 1)
+        if not self.idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be > 0 seconds (got {self.idle_timeout})")
+        at_least("grace_period", 0)
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json (got {self.log_format!r})")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(
+                f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got {self.log_level!r})"
+            )
+        if self.token is not None and not self.token:
+            self.token = None
+
+    @property
+    def thread_pool_size(self) -> int:
+        """Threads for the gRPC server: ``max_workers``, or enough for every stream plus
+        some for unary calls when ``max_workers`` is 0."""
+        return self.max_workers or self.max_streams + _UNARY_THREADS
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self.metrics_port >= 0
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> "ServerConfig":
+        """Build from the namespace of a parser set up by :func:`add_serve_arguments`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags
+
+
+def _port_or_off(text: str) -> int:
+    if text.strip().lower() in ("off", "none", "disabled"):
+        return -1
+    return int(text)
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G (binary) suffix: ``16M`` = 16 MiB."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1024, "M": MiB, "G": 1024 * MiB}.get(t[-1:], 1)
+    if scale != 1:
+        t = t[:-1]
+    return int(float(t) * scale)
+
+
+_HELP: dict[str, str] = {
+    "host": "interface to listen on (0.0.0.0: all IPv4; :: for IPv6; 127.0.0.1: local only)",
+    "port": "gRPC port (0: a free port)",
+    "store": "directory holding models, corpora and job records",
+    "max_workers": "RPC thread-pool size (0: max-streams + 16)",
+    "max_jobs": "training jobs running at once; the rest queue",
+    "max_message_bytes": "largest gRPC message accepted or sent (suffixes K, M, G)",
+    "max_corpus_bytes": "largest corpus accepted, inline or uploaded (suffixes K, M, G)",
+    "max_generate_chars": "most characters one Predict input or Stream generate may ask for",
+    "max_streams": "Stream sessions open at once; more get RESOURCE_EXHAUSTED",
+    "max_inputs": "most inputs in one Predict request",
+    "max_input_chars": "most characters in one Predict request (all inputs) or Stream feed",
+    "idle_timeout": "seconds a Stream session may stay idle before it ends with DEADLINE_EXCEEDED",
+    "token": "bearer token required on every RPC but health (unset: no authentication); "
+    "prefer the environment variable, command lines are visible to other users",
+    "tls_cert": "PEM certificate chain; with --tls-key, serve TLS",
+    "tls_key": "PEM private key for --tls-cert",
+    "metrics_port": "Prometheus /metrics HTTP port (0: a free port; off: disabled)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "text (key=value) or json, one line per event",
+    "model_cache_size": "model versions kept loaded in memory (least recently used go first)",
+    "grace_period": "seconds in-flight calls and running jobs get to finish on SIGTERM/SIGINT",
+}
+
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "metrics_port": _port_or_off,
+    "max_message_bytes": _size,
+    "max_corpus_bytes": _size,
+    "log_level": lambda text: text.strip().upper(),
+    "log_format": lambda text: text.strip().lower(),
+}
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log_format": ("text", "json"),
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+}
+
+
+def add_serve_arguments(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+) -> argparse.ArgumentParser:
+    """Add one flag per :class:`ServerConfig` field to ``parser``; defaults come from
+    ``CHARLSTM_<NAME>`` environment variables when set. Returns the parser."""
+    env = os.environ if environ is None else environ
+    for f in dataclasses.fields(ServerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        env_name = ENV_PREFIX + f.name.upper()
+        default = f.default
+        if f.name in _TYPES:
+            convert = _TYPES[f.name]
+        elif isinstance(default, int):
+            convert = int
+        elif isinstance(default, float):
+            convert = float
+        else:
+            convert = str
+        if env_name in env:
+            try:
+                default = convert(env[env_name])
+            except ValueError:
+                parser.error(f"environment variable {env_name}={env[env_name]!r} is not valid "
+                             f"for {flag}")
+        shown = "unset" if default is None else default
+        if f.name == "token" and default is not None:
+            shown = "set from the environment"  # never print the secret
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=convert,
+            default=default,
+            choices=_CHOICES.get(f.name),
+            metavar=f.name.upper(),
+            help=f"{_HELP[f.name]} (env {env_name}; default: {shown})",
+        )
+    return parser

@@ -1,0 +1,145 @@
+"""A bounded least-recently-used cache of models loaded from the checkpoint store.
+
+Every request resolves its model reference (``latest``, a label or a number) through the store
+*per call*, and the cache is keyed by the resolved ``(name, version)``: a version a training
+job has just written is served by the next request, without a restart, while versions in use
+stay loaded. Two requests needing the same uncached version wait for one load, not two.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from charlstm.engine import CharLSTM, ConfigError, ModelConfig, Vocab
+from charlstm.service.errors import DataLoss
+from charlstm.service.metrics import Metrics
+from charlstm.service.store import CheckpointStore
+
+__all__ = ["LoadedModel", "ModelCache"]
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """One stored version, ready to run. Immutable and shared by every request using it."""
+
+    name: str
+    version: int
+    model: CharLSTM
+    vocab: Vocab
+    metadata: dict = field(repr=False)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab.size
+
+
+class _Loading:
+    """A load in progress that other threads can wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: LoadedModel | None = None
+        self.error: BaseException | None = None
+
+
+class ModelCache:
+    """At most ``capacity`` loaded model versions, least recently used evicted first."""
+
+    def __init__(self, store: CheckpointStore, capacity: int = 8, metrics: Metrics | None = None):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1 (got {capacity})")
+        self.store = store
+        self.capacity = capacity
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, int], _Loading] = {}
+
+    def get(self, name: str, ref: int | str | None = None) -> LoadedModel:
+        """The model ``name`` at ``ref`` (None/``latest``: newest; int: version; str: label).
+
+        Raises the store's ModelNotFound/VersionNotFound/LabelNotFound/InvalidName, and
+        :class:`DataLoss` when the checkpoint cannot be turned into a model.
+        """
+        version = self.store.resolve(name, ref)
+        return self.get_version(name, version)
+
+    def get_version(self, name: str, version: int) -> LoadedModel:
+        """The model ``name`` at exactly ``version``, loading it if needed."""
+        key = (name, version)
+        with self._lock:
+            cached = self._models.get(key)
+            if cached is not None:
+                self._models.move_to_end(key)
+                return cached
+            loading = self._loading.get(key)
+            owner = loading is None
+            if owner:
+                loading = self._loading[key] = _Loading()
+        if not owner:
+            loading.done.wait()
+            if loading.error is not None:
+                raise loading.error
+            assert loading.result is not None
+            return loading.result
+
+        # This thread loads; the lock is not held while reading files and building the model.
+        try:
+            loaded = self._load(name, version)
+        except BaseException as exc:
+            loading.error = exc
+            with self._lock:
+                del self._loading[key]
+            loading.done.set()
+            raise
+        loading.result = loaded
+        with self._lock:
+            del self._loading[key]
+            self._models[key] = loaded
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+            self._report_size()
+        loading.done.set()
+        return loaded
+
+    def invalidate(self, name: str, version: int | None = None) -> None:
+        """Forget ``name`` at ``version`` (or every version), e.g. after DeleteModel.
+        Requests already holding the model keep using it."""
+        with self._lock:
+            for key in [k for k in self._models if k[0] == name and version in (None, k[1])]:
+                del self._models[key]
+            self._report_size()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._models)
+
+    def _report_size(self) -> None:
+        if self._metrics is not None:
+            self._metrics.model_cache_models.set(len(self._models))
+
+    def _load(self, name: str, version: int) -> LoadedModel:
+        checkpoint = self.store.load(name, version)
+        meta = checkpoint.metadata
+        try:
+            config = ModelConfig.from_dict(meta["model_config"])
+            vocab = Vocab(meta["vocab"])
+            if vocab.size != config.vocab_size:
+                raise ValueError(
+                    f"the vocabulary has {vocab.size} ids but the model expects {config.vocab_size}"
+                )
+            model = CharLSTM.from_state_dict(config, checkpoint.tensors)
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            # The files passed the store's checksums, so the metadata itself is unusable.
+            raise DataLoss(
+                f"model {name!r} version {version} cannot be loaded: {exc}"
+            ) from exc
+        if self._metrics is not None:
+            self._metrics.model_loads_total.inc()
+        return LoadedModel(name=name, version=version, model=model, vocab=vocab, metadata=meta)

@@ -1,0 +1,76 @@
+"""``CharLstmServicer``: the ``charlstm.v1.CharLstm`` service, composed from its RPC groups.
+
+Each group is a mixin with thin methods (``rpc_training``, ``rpc_inference``, ``rpc_models``);
+this class only builds the shared parts they use from the server's configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from charlstm.service.config import ServerConfig
+from charlstm.service.corpora import CorpusStore
+from charlstm.service.inference import Stepper
+from charlstm.service.jobs import JobManager
+from charlstm.service.metrics import Metrics
+from charlstm.service.model_cache import ModelCache
+from charlstm.service.rpc_inference import InferenceRpcs
+from charlstm.service.rpc_models import ModelRpcs
+from charlstm.service.rpc_training import TrainingRpcs
+from charlstm.service.sessions import SessionRegistry
+from charlstm.service.store import CheckpointStore, open_store
+from charlstm.v1 import charlstm_pb2_grpc
+
+__all__ = ["CharLstmServicer"]
+
+
+class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc.CharLstmServicer):
+    """Every RPC of ``charlstm.v1.CharLstm``.
+
+    Store layout under ``config.store``: the checkpoint store owns ``models/``; corpora live in
+    ``corpora/`` and job records in ``jobs/``.
+
+    Call :meth:`start` before serving (it starts the job scheduler, which resumes interrupted
+    jobs) and :meth:`shutdown` when draining.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        metrics: Metrics | None = None,
+        store: CheckpointStore | None = None,
+        stepper: Stepper | None = None,
+    ):
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.store = store if store is not None else open_store(config.store)
+        root = Path(config.store)
+        self.corpora = CorpusStore(root / "corpora", max_bytes=config.max_corpus_bytes)
+        self.jobs = JobManager(
+            self.store, self.corpora, state_dir=root / "jobs", max_jobs=config.max_jobs,
+            metrics=self.metrics, store_location=config.store,
+        )
+        self.stepper = stepper if stepper is not None else Stepper()
+        self.models = ModelCache(self.store, capacity=config.model_cache_size,
+                                 metrics=self.metrics)
+        self.sessions = SessionRegistry(
+            max_sessions=config.max_streams, idle_timeout=config.idle_timeout,
+            stepper=self.stepper, metrics=self.metrics,
+        )
+
+    def start(self) -> None:
+        """Start background work: the training-job scheduler."""
+        self.jobs.start()
+
+    def begin_shutdown(self) -> None:
+        """Refuse new Stream sessions and end the idle ones (UNAVAILABLE)."""
+        self.sessions.shutdown()
+
+    def end_streams(self) -> None:
+        """The grace period is over: stop generations in progress (UNAVAILABLE)."""
+        self.sessions.stop_generations()
+
+    def shutdown_jobs(self, grace_seconds: float) -> None:
+        """Stop running jobs with a checkpoint so the next start resumes them."""
+        self.jobs.shutdown(grace_seconds)

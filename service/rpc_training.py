@@ -216,6 +216,7 @@ def job_to_proto(job: Job) -> pb.Job:
         error=job.error,
         created=timestamp(job.created),
         resumed_from_version=job.resumed_from_version,
+        resumable=job.resumable or job.state is JobState.INTERRUPTED,
     )
     if job.progress is not None:
         message.progress.CopyFrom(progress_to_proto(job.progress))

@@ -300,7 +300,7 @@ def test_a_killed_worker_fails_its_job_and_the_server_keeps_serving(server: Conn
     failed = rest[-1].failed
     assert "SIGKILL" in failed.reason and failed.resumable and failed.last_version >= 1
     job = server.stub.GetJob(pb.GetJobRequest(job_id=job_id))
-    assert job.state == pb.JOB_STATE_FAILED and job.error == failed.reason
+    assert job.state == pb.JOB_STATE_FAILED and job.error == failed.reason and job.resumable
     answer = server.stub.Predict(pb.PredictRequest(model=pb.ModelRef(name="doomed"), inputs=["the"]))
     assert answer.version == failed.last_version
 

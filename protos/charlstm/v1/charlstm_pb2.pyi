@@ -134,7 +134,7 @@ class Corpus(_message.Message):
     def __init__(self, id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., characters: _Optional[int] = ..., distinct_characters: _Optional[int] = ..., already_existed: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "model", "state", "hyperparameters", "corpus_id", "progress", "last_version", "error", "created", "started", "finished", "resumed_from_version")
+    __slots__ = ("id", "model", "state", "hyperparameters", "corpus_id", "progress", "last_version", "error", "created", "started", "finished", "resumed_from_version", "resumable")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class Job(_message.Message):
     STARTED_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESUMABLE_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     state: JobState
@@ -159,7 +160,8 @@ class Job(_message.Message):
     started: _timestamp_pb2.Timestamp
     finished: _timestamp_pb2.Timestamp
     resumed_from_version: int
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., corpus_id: _Optional[str] = ..., progress: _Optional[_Union[TrainProgress, _Mapping]] = ..., last_version: _Optional[int] = ..., error: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resumed_from_version: _Optional[int] = ...) -> None: ...
+    resumable: bool
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., corpus_id: _Optional[str] = ..., progress: _Optional[_Union[TrainProgress, _Mapping]] = ..., last_version: _Optional[int] = ..., error: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resumed_from_version: _Optional[int] = ..., resumable: _Optional[bool] = ...) -> None: ...
 
 class TrainProgress(_message.Message):
     __slots__ = ("step", "total_steps", "epoch", "train_loss", "val_loss", "chars_per_second", "learning_rate", "grad_norm", "elapsed_seconds", "eta_seconds")

@@ -1,0 +1,113 @@
+"""Scoring a text: mean cross-entropy of each character given everything before it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .blas import single_threaded
+from .config import ConfigError, check_int
+from .model import CharLSTM, default_workers, shared_pool
+from .vocab import Vocab
+
+CHUNK = 256  # timesteps per forward call: bounds memory, keeps the GEMMs large
+BURN_IN = 128  # unscored context fed to every stream but the first (see mean_loss)
+CHARS_PER_STREAM = 2048
+MAX_STREAMS = 64
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean nats/char predicting text[1:] from text[:-1]
+    bits_per_char: float
+    characters: int  # characters scored = len(text) - 1
+    unknown_characters: int
+
+
+def default_streams(n: int) -> int:
+    """How many parallel streams to score ``n`` targets with: one per 2048, at most 64."""
+    return max(1, min(MAX_STREAMS, n // CHARS_PER_STREAM))
+
+
+def mean_loss(model: CharLSTM, ids: np.ndarray, streams: int | None = None, workers: int | None = None) -> float:
+    """Mean nats/char of predicting ids[1:] from ids[:-1] (ids (N,), N >= 2).
+
+    For speed the N-1 targets are cut into ``streams`` contiguous pieces scored side by side
+    (one matrix product per timestep for all of them). Stream 0 starts from the zero state at
+    the start of the text, exactly as a sequential pass; every other stream first reads the
+    BURN_IN characters before its piece (unscored) so that it starts with context, which
+    makes the result match a single sequential pass closely rather than exactly.
+    The streams are shared among ``workers`` threads (default: one per core, at most one per
+    16 streams), with single-threaded BLAS (see :mod:`blas`).
+    """
+    n = len(ids) - 1  # targets
+    B = default_streams(n) if streams is None else check_int("streams", streams, 1, 4096)
+    B = min(B, n)
+    S = -(-n // B)  # targets per stream (the last may have fewer)
+    burn = min(BURN_IN, S) if B > 1 else 0
+    # Stream b reads input positions b*S - burn + τ, τ in [0, burn + S), and from τ = burn
+    # on predicts the next character.
+    pos = np.arange(B)[None, :] * S - burn + np.arange(burn + S)[:, None]  # (burn + S, B)
+    scored = (pos >= 0) & (pos < n)
+    scored[:burn] = False
+    safe = np.clip(pos, 0, n - 1)
+    inputs = ids[safe]  # (burn + S, B)
+    targets = ids[safe + 1]
+    fresh = np.zeros(B, dtype=bool)
+    fresh[0] = True  # stream 0 starts at the beginning of the text: nothing before it
+
+    if workers is None:
+        workers = default_workers(B)
+    workers = min(check_int("workers", workers, 1, 256), B)
+    bounds = [B * i // workers for i in range(workers + 1)]
+    parts = [np.s_[bounds[i] : bounds[i + 1]] for i in range(workers)]
+    with single_threaded():
+        if workers == 1:
+            totals = [_score(model, inputs, targets, scored, fresh, burn)]
+        else:
+            jobs = [shared_pool().submit(_score, model, inputs[:, p], targets[:, p], scored[:, p], fresh[p], burn) for p in parts[1:]]
+            totals = [_score(model, inputs[:, parts[0]], targets[:, parts[0]], scored[:, parts[0]], fresh[parts[0]], burn)]
+            totals += [job.result() for job in jobs]
+    return sum(totals) / n
+
+
+def _score(model: CharLSTM, inputs: np.ndarray, targets: np.ndarray, scored: np.ndarray, fresh: np.ndarray, burn: int) -> float:
+    """Σ -log p(target) over the ``scored`` positions of streams inputs/targets (T, B):
+    the first ``burn`` steps only build state, after which ``fresh`` streams restart from 0."""
+    state = model.zero_state(inputs.shape[1])
+    if burn:
+        _, state = model.log_probs(inputs[:burn], state)
+        state.h[:, fresh] = 0.0
+        state.c[:, fresh] = 0.0
+    total = 0.0
+    for t0 in range(burn, inputs.shape[0], CHUNK):
+        t1 = min(t0 + CHUNK, inputs.shape[0])
+        logp, state = model.log_probs(inputs[t0:t1], state)  # (t, B, V)
+        picked = np.take_along_axis(logp, targets[t0:t1, :, None], axis=2)[..., 0]  # (t, B)
+        total -= float(np.sum(picked, where=scored[t0:t1], dtype=np.float64))
+    return total
+
+
+def evaluate_text(model: CharLSTM, vocab: Vocab, text: str, *, streams: int | None = None) -> EvalResult:
+    """Loss of ``model`` on ``text`` (at least 2 characters), in nats and bits per character.
+
+    Characters outside the vocabulary are read and scored as ``Vocab.UNK_ID`` and counted in
+    ``unknown_characters``. ``streams``: see :func:`mean_loss` (default: one per 2048
+    characters, at most 64).
+    """
+    if not isinstance(text, str):
+        raise ConfigError("text", f"text must be a str (got {type(text).__name__})")
+    if len(text) < 2:
+        raise ConfigError("text", f"text must have at least 2 characters (got {len(text)})")
+    if vocab.size != model.config.vocab_size:
+        raise ConfigError("vocab", f"vocab has {vocab.size} ids but the model expects {model.config.vocab_size}")
+    ids = vocab.encode(text)
+    loss = mean_loss(model, ids, streams)
+    return EvalResult(
+        loss=loss,
+        bits_per_char=loss / math.log(2.0),
+        characters=len(ids) - 1,
+        unknown_characters=int(np.count_nonzero(ids == Vocab.UNK_ID)),
+    )

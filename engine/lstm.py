@@ -1,0 +1,376 @@
+"""The maths: a stacked LSTM over a window of T steps for B streams, forward and backward.
+
+Row-vector form, one layer, with x_t (B, in), h_t and c_t (B, H). Internally the four gates
+are stored in the order [i f o g] so the three sigmoid gates are one contiguous slice;
+``model.py`` converts to and from PyTorch's [i f g o] order.
+
+    z_t = x_t W_x + h_{t-1} W_h + b_x + b_h        (B, 4H)   x_t W_x for all t: one GEMM
+    i, f, o = σ(z_t[:, :3H])      g = tanh(z_t[:, 3H:])
+    c_t = f ⊙ c_{t-1} + i ⊙ g
+    h_t = o ⊙ tanh(c_t)
+
+Backward through the window (dh, dc arrive from t+1; dh_t^in from above):
+
+    dh_t  = dh_t^in + dz_{t+1} W_hᵀ
+    dc_t  = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ o ⊙ (1 - tanh²c_t)
+    dz_t  = [dc_t ⊙ g, dc_t ⊙ c_{t-1}, dh_t ⊙ tanh c_t, dc_t ⊙ i] ⊙ [σ', σ', σ', tanh']
+    dW_x  = Σ_t x_tᵀ dz_t      dW_h = Σ_t h_{t-1}ᵀ dz_t      db = Σ_t dz_t      (one GEMM each)
+    dx_t  = dz_t W_xᵀ                                                          (one GEMM)
+
+The network: x_t = E[id_t] (embedding) -> L layers -> dropout -> logits = y_t W_y + b_y ->
+log-softmax cross-entropy against the next character. Inverted dropout (mask values 0 or
+1/(1-p)) is applied to the output of every layer, i.e. between layers and before the output
+layer. Only the loops over t are in Python; everything else is whole-window array operations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters: named views into one flat vector, so that the optimiser, clipping and
+# capture/restore each work on a single array.
+
+
+def param_shapes(V: int, E: int, H: int, L: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Internal names and shapes, in the order they sit in the flat vector."""
+    shapes: list[tuple[str, tuple[int, ...]]] = [("E", (V, E))]
+    for k in range(L):
+        n_in = E if k == 0 else H
+        shapes += [
+            (f"W_x{k}", (n_in, 4 * H)),
+            (f"W_h{k}", (H, 4 * H)),
+            (f"b_x{k}", (4 * H,)),
+            (f"b_h{k}", (4 * H,)),
+        ]
+    shapes += [("W_y", (H, V)), ("b_y", (V,))]
+    return shapes
+
+
+class Params:
+    """The network's tensors as C-contiguous views into one flat vector ``flat``.
+
+    Attributes follow the equations: ``E`` (V, E); per layer k ``W_x[k]`` (in, 4H),
+    ``W_h[k]`` (H, 4H), ``b_x[k]``, ``b_h[k]`` (4H,); ``W_y`` (H, V); ``b_y`` (V,).
+    The same class holds gradients.
+    """
+
+    def __init__(self, V: int, E: int, H: int, L: int, dtype, flat: np.ndarray | None = None):
+        shapes = param_shapes(V, E, H, L)
+        size = sum(int(np.prod(s)) for _, s in shapes)
+        if flat is None:
+            flat = np.zeros(size, dtype=dtype)
+        assert flat.shape == (size,) and flat.flags.c_contiguous
+        self.flat = flat
+        self.tensors: dict[str, np.ndarray] = {}
+        self.offsets: dict[str, int] = {}  # where each tensor starts in ``flat``
+        offset = 0
+        for name, shape in shapes:
+            n = int(np.prod(shape))
+            self.tensors[name] = flat[offset : offset + n].reshape(shape)
+            self.offsets[name] = offset
+            offset += n
+        self.V, self.H, self.L = V, H, L
+        self.E = self.tensors["E"]
+        self.W_x = [self.tensors[f"W_x{k}"] for k in range(L)]
+        self.W_h = [self.tensors[f"W_h{k}"] for k in range(L)]
+        self.b_x = [self.tensors[f"b_x{k}"] for k in range(L)]
+        self.b_h = [self.tensors[f"b_h{k}"] for k in range(L)]
+        self.W_y = self.tensors["W_y"]
+        self.b_y = self.tensors["b_y"]
+
+
+# ---------------------------------------------------------------------------------------------
+# One layer.
+
+
+def gate_scales(H: int, dtype) -> np.ndarray:
+    """(4H,): ½ on the sigmoid gates [i f o], 1 on g, so that with σ(z) = ½ + ½·tanh(z/2)
+    one tanh call covers all four gates (and, unlike exp, cannot overflow)."""
+    half = np.ones(4 * H, dtype=dtype)
+    half[: 3 * H] = 0.5
+    return half
+
+
+def gate_activations_(z: np.ndarray, half: np.ndarray) -> None:
+    """In place: pre-activations z = [i f o | g] (B, 4H) -> σ on i, f, o and tanh on g.
+
+    Every operation but the last two is on the whole contiguous row block: a strided
+    3H-column slice is several times slower to operate on than the full 4H.
+    """
+    H = z.shape[-1] // 4
+    z *= half  # [z_ifo/2, z_g]
+    np.tanh(z, out=z)
+    z *= 0.5
+    z += 0.5  # [σ(z_ifo), (1 + g)/2]
+    g = z[:, 3 * H :]
+    g *= 2.0
+    g -= 1.0  # g = tanh(z_g)
+
+
+def layer_forward(
+    A: np.ndarray,
+    W_h: np.ndarray,
+    Hs: np.ndarray,
+    C: np.ndarray,
+    TC: np.ndarray,
+    W_hT: np.ndarray | None = None,
+) -> None:
+    """Run one layer over a window, in place.
+
+    A  (T, B, 4H): on entry x_t W_x + b for every t; on exit the gates [i f o g].
+    W_h (H, 4H).
+    Hs (T+1, B, H): Hs[0] = h_0 on entry; Hs[1:] receives h_1..h_T.
+    C  (T+1, B, H): C[0] = c_0 on entry; C[1:] receives c_1..c_T.
+    TC (T, B, H): receives tanh(c_t).
+    W_hT (4H, H): optional C-contiguous W_hᵀ. With it the recurrent product is computed as
+        (W_hᵀ h_{t-1}ᵀ)ᵀ, which OpenBLAS runs up to 1.5x faster than h_{t-1} W_h for small B.
+    """
+    T, B, H4 = A.shape
+    H = H4 // 4
+    half = gate_scales(H, A.dtype)
+    zh = np.empty((B, H4), dtype=A.dtype)  # h_{t-1} W_h
+    zhT = np.empty((H4, B), dtype=A.dtype)
+    ig = np.empty((B, H), dtype=A.dtype)  # i ⊙ g
+    for t in range(T):
+        z = A[t]  # (B, 4H)
+        if W_hT is None:
+            np.matmul(Hs[t], W_h, out=zh)
+            z += zh
+        else:
+            np.matmul(W_hT, Hs[t].T, out=zhT)
+            z += zhT.T
+        gate_activations_(z, half)
+        i, f, o, g = z[:, :H], z[:, H : 2 * H], z[:, 2 * H : 3 * H], z[:, 3 * H :]
+        np.multiply(f, C[t], out=C[t + 1])
+        np.multiply(i, g, out=ig)
+        C[t + 1] += ig  # c_t = f ⊙ c_{t-1} + i ⊙ g
+        np.tanh(C[t + 1], out=TC[t])
+        np.multiply(o, TC[t], out=Hs[t + 1])  # h_t = o ⊙ tanh(c_t)
+
+
+def layer_backward(
+    A: np.ndarray,
+    W_hT: np.ndarray,
+    C: np.ndarray,
+    TC: np.ndarray,
+    dHs: np.ndarray,
+    dh: np.ndarray,
+    dc: np.ndarray,
+    dZ: np.ndarray,
+) -> None:
+    """Back-propagate one layer through the window, in place.
+
+    A (T, B, 4H) gates, C (T+1, B, H), TC (T, B, H): as left by :func:`layer_forward`.
+    W_hT (4H, H): W_h transposed, C-contiguous (a plain GEMM is faster than a transposed one).
+    dHs (T, B, H): dL/dh_t from above (the layer above or the decoder); overwritten.
+    dh, dc (B, H): dL/dh_T, dL/dc_T from beyond the window on entry (zeros for truncated
+        BPTT); dL/dh_0, dL/dc_0 on exit.
+    dZ (T, B, 4H): receives dL/dz_t.
+    """
+    T, B, H4 = A.shape
+    H = H4 // 4
+    local = np.empty((B, H4), dtype=A.dtype)  # dgate/dz: [σ' σ' σ' tanh']
+    tmp = np.empty((B, H), dtype=A.dtype)
+    for t in range(T - 1, -1, -1):
+        a, d = A[t], dZ[t]  # (B, 4H)
+        i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+        dh_t = dHs[t]
+        dh_t += dh  # dh_t = dh_t^in + dz_{t+1} W_hᵀ
+        np.multiply(TC[t], TC[t], out=tmp)
+        np.subtract(1.0, tmp, out=tmp)
+        tmp *= o
+        tmp *= dh_t
+        dc += tmp  # dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ o ⊙ (1 - tanh²c_t)
+        np.multiply(dc, g, out=d[:, :H])  # dL/di
+        np.multiply(dc, C[t], out=d[:, H : 2 * H])  # dL/df
+        np.multiply(dh_t, TC[t], out=d[:, 2 * H : 3 * H])  # dL/do
+        np.multiply(dc, i, out=d[:, 3 * H :])  # dL/dg
+        dc *= f  # dL/dc_{t-1}
+        np.subtract(1.0, a, out=local)
+        local *= a  # σ' = s(1 - s) (wrong for g, fixed next)
+        lg = local[:, 3 * H :]
+        np.multiply(g, g, out=lg)
+        np.subtract(1.0, lg, out=lg)  # tanh' = 1 - g²
+        d *= local  # dL/dz_t
+        np.matmul(d, W_hT, out=dh)  # dL/dh_{t-1} through the recurrence
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole network over one window, with buffers kept between calls.
+
+
+def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype) -> np.ndarray:
+    """Inverted-dropout mask (shape): 0 with probability p, else 1/(1-p), so that the expected
+    activation is unchanged and inference needs no rescaling."""
+    keep = rng.random(shape, dtype=np.float32) >= np.float32(p)
+    return np.multiply(keep, 1.0 / (1.0 - p), dtype=dtype)
+
+
+class Window:
+    """Forward and backward of the network over windows of shape (T, B).
+
+    Buffers are allocated once and reused, since every training window has the same shape.
+    ``forward`` records what ``backward`` needs; ``backward`` fills a gradient :class:`Params`.
+    """
+
+    def __init__(self, V: int, E: int, H: int, L: int, T: int, B: int, dtype):
+        self.shape = (T, B)
+        self.V, self.E, self.H, self.L = V, E, H, L
+        dt = np.dtype(dtype)
+        N = T * B
+        self.A = [np.empty((T, B, 4 * H), dt) for _ in range(L)]  # gates per layer
+        self.Hs = [np.empty((T + 1, B, H), dt) for _ in range(L)]  # h_0..h_T per layer
+        self.C = [np.empty((T + 1, B, H), dt) for _ in range(L)]  # c_0..c_T per layer
+        self.TC = [np.empty((T, B, H), dt) for _ in range(L)]  # tanh(c_t) per layer
+        self.X0 = np.empty((T, B, E), dt)  # embedded inputs
+        self.P = np.empty((N, V), dt)  # probabilities, then dL/dlogits
+        self.dZ = np.empty((T, B, 4 * H), dt)  # shared by the layers in turn
+        self.dY = np.empty((T, B, H), dt)  # dL/d(layer output)
+        self.dX0 = np.empty((T, B, E), dt)
+        self.Y = [np.empty((T, B, H), dt) for _ in range(L)]  # layer outputs after dropout
+        self.rows = np.arange(N)
+        self.ones = np.ones(N, dt)  # Σ over positions as a GEMV
+        self.masks: list[np.ndarray] | None = None
+        self.ids = self.targets = None
+
+    def forward(
+        self,
+        w: Params,
+        ids: np.ndarray,
+        targets: np.ndarray,
+        h0: np.ndarray,
+        c0: np.ndarray,
+        masks: list[np.ndarray] | None,
+        W_hT: list[np.ndarray],
+    ) -> float:
+        """Mean cross-entropy (nats/char) of predicting ``targets`` (T, B) from ``ids`` (T, B).
+
+        h0, c0 (L, B, H): initial state. masks: None, or L inverted-dropout masks (T, B, H)
+        for the layer outputs. W_hT[k]: W_h[k]ᵀ, C-contiguous (4H, H). The final state is
+        :meth:`final_state`.
+        """
+        T, B = self.shape
+        L, H, V = self.L, self.H, self.V
+        N = T * B
+        self.ids, self.targets, self.masks = ids, targets, masks
+        np.take(w.E, ids, axis=0, out=self.X0)  # x_t = E[id_t]            (T, B, E)
+        x = self.X0
+        for k in range(L):
+            A = self.A[k]
+            np.matmul(x.reshape(N, -1), w.W_x[k], out=A.reshape(N, 4 * H))  # one GEMM per window
+            A += w.b_x[k] + w.b_h[k]
+            self.Hs[k][0] = h0[k]
+            self.C[k][0] = c0[k]
+            layer_forward(A, w.W_h[k], self.Hs[k], self.C[k], self.TC[k], W_hT[k])
+            if masks is None:
+                x = self.Hs[k][1:]  # (T, B, H)
+            else:
+                x = np.multiply(self.Hs[k][1:], masks[k], out=self.Y[k])
+        # Output layer and loss for all T*B positions at once.
+        P = self.P  # (N, V)
+        np.matmul(x.reshape(N, H), w.W_y, out=P)
+        P += w.b_y
+        P -= P.max(axis=1, keepdims=True)  # log-softmax shift: exp never overflows
+        picked = P[self.rows, targets.reshape(N)]  # shifted logit of the right answer (N,)
+        np.exp(P, out=P)
+        total = P.sum(axis=1)  # (N,)
+        # loss = mean(log Σ exp - logit[target]), accumulated in float64
+        loss = float(np.mean(np.log(total, dtype=np.float64) - picked))
+        P /= total[:, None]  # softmax probabilities, kept for backward
+        return loss
+
+    def final_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(h_T, c_T), each (L, B, H), fresh arrays."""
+        return (
+            np.stack([Hs[-1] for Hs in self.Hs]),
+            np.stack([C[-1] for C in self.C]),
+        )
+
+    def backward(self, w: Params, g: Params, W_hT: list[np.ndarray]) -> None:
+        """Fill ``g`` with dLoss/dParams for the last forward. W_hT[k]: W_h[k].T, contiguous."""
+        T, B = self.shape
+        L, H, V = self.L, self.H, self.V
+        N = T * B
+        # dL/dlogits = (softmax - onehot(target)) / N
+        P = self.P
+        P[self.rows, self.targets.reshape(N)] -= 1.0
+        P *= 1.0 / N
+        y = self._output(L - 1).reshape(N, H)
+        np.matmul(y.T, P, out=g.W_y)  # (H, V)
+        np.matmul(self.ones, P, out=g.b_y)
+        dY = self.dY  # (T, B, H)
+        np.matmul(P, w.W_y.T, out=dY.reshape(N, H))
+        dh = np.empty((B, H), P.dtype)
+        dc = np.empty((B, H), P.dtype)
+        for k in range(L - 1, -1, -1):
+            if self.masks is not None:
+                dY *= self.masks[k]  # through the dropout of layer k's output
+            dh.fill(0.0)  # truncated BPTT: nothing flows in from beyond the window
+            dc.fill(0.0)
+            dZ = self.dZ
+            layer_backward(self.A[k], W_hT[k], self.C[k], self.TC[k], dY, dh, dc, dZ)
+            dZ2 = dZ.reshape(N, 4 * H)
+            x = (self.X0 if k == 0 else self._output(k - 1)).reshape(N, -1)
+            np.matmul(x.T, dZ2, out=g.W_x[k])  # Σ_t x_tᵀ dz_t
+            np.matmul(self.Hs[k][:-1].reshape(N, H).T, dZ2, out=g.W_h[k])  # Σ_t h_{t-1}ᵀ dz_t
+            np.matmul(self.ones, dZ2, out=g.b_x[k])  # Σ_t dz_t
+            g.b_h[k][...] = g.b_x[k]
+            dx = (self.dX0 if k == 0 else dY).reshape(N, -1)  # dY is free again: reuse it
+            np.matmul(dZ2, w.W_x[k].T, out=dx)  # dx_t = dz_t W_xᵀ
+        # Embedding: dE[v] = Σ of dx_t over the positions whose input was v. Sort the positions
+        # by id and add up each run (no Python loop over ids; cost independent of V).
+        ids = self.ids.reshape(N)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+        g.E.fill(0.0)
+        g.E[sorted_ids[starts]] = np.add.reduceat(self.dX0.reshape(N, self.E)[order], starts, axis=0)
+
+    def _output(self, k: int) -> np.ndarray:
+        """Layer k's output as the next layer (or the decoder) saw it: h_1..h_T after dropout."""
+        return self.Hs[k][1:] if self.masks is None else self.Y[k]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference: no dropout, nothing kept for backward.
+
+
+def run_layers(
+    w: Params, ids: np.ndarray, h0: np.ndarray, c0: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-layer outputs (T, B, H) for inputs ``ids`` (T, B) from state h0, c0 (L, B, H),
+    and the final state (h_T, c_T), each (L, B, H)."""
+    T, B = ids.shape
+    L, H = w.L, w.H
+    dt = w.flat.dtype
+    N = T * B
+    x = np.take(w.E, ids, axis=0)  # (T, B, E)
+    h_T = np.empty((L, B, H), dt)
+    c_T = np.empty((L, B, H), dt)
+    A = np.empty((T, B, 4 * H), dt)
+    Hs = np.empty((T + 1, B, H), dt)
+    C = np.empty((T + 1, B, H), dt)
+    TC = np.empty((T, B, H), dt)
+    for k in range(L):
+        np.matmul(x.reshape(N, -1), w.W_x[k], out=A.reshape(N, 4 * H))
+        A += w.b_x[k] + w.b_h[k]
+        Hs[0] = h0[k]
+        C[0] = c0[k]
+        layer_forward(A, w.W_h[k], Hs, C, TC)
+        h_T[k] = Hs[T]
+        c_T[k] = C[T]
+        x = Hs[1:]  # read by the next layer's input GEMM before Hs is overwritten
+    return x, h_T, c_T
+
+
+def logits(w: Params, y: np.ndarray) -> np.ndarray:
+    """Output layer: y (..., H) -> logits (..., V)."""
+    return y @ w.W_y + w.b_y
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """Stable log-softmax over the last axis."""
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))

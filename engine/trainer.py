@@ -1,0 +1,347 @@
+"""Training: truncated BPTT over B contiguous streams, driven and observed by the caller.
+
+The training slice (the first 1 - val_fraction of the text) is cut into B equal contiguous
+streams; step j feeds every stream its j-th window of T characters and predicts the
+characters one ahead. The state (h, c) is carried from one window to the next (without a
+gradient across the boundary) and reset to zeros when an epoch ends and the streams start
+over. Dropout masks are the only randomness, drawn from a PCG64 generator seeded by
+``TrainConfig.seed``; so a run is reproducible and, captured and restored, continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import lstm
+from .blas import single_threaded
+from .config import ConfigError, ModelConfig, TrainConfig, check_int
+from .evaluate import mean_loss
+from .model import CharLSTM, default_workers, torch_tensors
+from .optim import SGD, AdamW, clip_by_global_norm_, learning_rate
+from .state import LSTMState
+from .vocab import Vocab
+
+STATE_FORMAT = 1
+
+
+@dataclass
+class TrainProgress:
+    step: int  # steps done (1-based after the first step)
+    total_steps: int
+    epoch: float  # passes over the training slice so far
+    train_loss: float  # nats/char of this step
+    val_loss: float | None  # set on steps where validation ran (every eval_every and the last)
+    chars_per_second: float  # training throughput over recent steps (validation excluded)
+    learning_rate: float
+    grad_norm: float  # before clipping
+    elapsed_seconds: float  # wall clock over all runs of this training (survives restore)
+    eta_seconds: float
+    is_best: bool  # val_loss improved on this step
+
+
+@dataclass
+class TrainerState:
+    """Everything needed to continue training exactly where it stopped.
+
+    tensors (safetensors-able): ``model.<name>`` the latest parameters and ``best.<name>``
+    the best-by-validation ones (PyTorch names), ``optim.m``/``optim.v`` the optimiser
+    moments (flat, in the engine's internal parameter order), ``carry.h``/``carry.c`` the
+    state carried into the next window. meta (JSON-able): step, data position, RNG state,
+    best validation loss, validation curve, the configs.
+    """
+
+    tensors: dict[str, np.ndarray]
+    meta: dict
+
+
+class Trainer:
+    """Trains ``model`` on ``text``; see the module docstring for the data layout."""
+
+    def __init__(self, model: CharLSTM, vocab: Vocab, text: str, config: TrainConfig, *,
+                 workers: int | None = None):
+        """Training and validation run with single-threaded BLAS (see :mod:`blas`); ``workers``
+        threads share each step's streams instead (see ``CharLSTM.loss_and_grad``). Default:
+        one per core, at most one per 16 streams. Results depend on ``workers`` only through
+        floating-point rounding; keep it fixed across capture/restore for exact continuation.
+        """
+        if not isinstance(model, CharLSTM):
+            raise ConfigError("model", f"model must be a CharLSTM (got {type(model).__name__})")
+        if not isinstance(vocab, Vocab):
+            raise ConfigError("vocab", f"vocab must be a Vocab (got {type(vocab).__name__})")
+        if not isinstance(config, TrainConfig):
+            raise ConfigError("config", f"config must be a TrainConfig (got {type(config).__name__})")
+        if not isinstance(text, str):
+            raise ConfigError("text", f"text must be a str (got {type(text).__name__})")
+        config.validate()
+        if vocab.size != model.config.vocab_size:
+            raise ConfigError("vocab", f"vocab has {vocab.size} ids but the model expects vocab_size={model.config.vocab_size}")
+        self.model, self.vocab, self.config = model, vocab, config
+        if workers is None:
+            workers = default_workers(config.batch_size)
+        self.workers = check_int("workers", workers, 1, 256)
+        T, B = config.seq_len, config.batch_size
+
+        n_train = int(len(text) * (1.0 - config.val_fraction))
+        S = n_train // B  # characters per stream
+        if S < T + 1:
+            need = B * (T + 1)
+            raise ConfigError(
+                "text",
+                f"text must give at least batch_size * (seq_len + 1) = {need} training characters "
+                f"(got {n_train} of {len(text)} after holding out val_fraction={config.val_fraction:g}); "
+                "use a longer text or smaller batch_size/seq_len",
+            )
+        ids = vocab.encode(text[:n_train])
+        # (S, B): column b is stream b, a contiguous slice; a window is a contiguous row block.
+        self._data = np.ascontiguousarray(ids[: S * B].reshape(B, S).T).astype(np.intp)
+        self._val_ids = vocab.encode(text[n_train:])
+        self.train_characters = n_train
+        self.val_characters = len(text) - n_train
+        self.windows_per_epoch = (S - 1) // T
+        if config.steps is not None:
+            self.total_steps = int(config.steps)
+        elif config.epochs is not None:
+            self.total_steps = max(1, math.ceil(config.epochs * self.windows_per_epoch))
+        else:
+            self.total_steps = TrainConfig.DEFAULT_STEPS
+
+        w = model.params
+        self._decay_mask = np.zeros_like(w.flat)  # weight decay on matrices and the embedding
+        for name, t in w.tensors.items():
+            if t.ndim == 2:
+                self._decay_mask[w.offsets[name] : w.offsets[name] + t.size] = 1.0
+        if config.optimizer == "adamw":
+            self._optim = AdamW(w.flat.size, w.flat.dtype, weight_decay=config.weight_decay, decay_mask=self._decay_mask)
+        else:
+            self._optim = SGD(w.flat.size, w.flat.dtype, momentum=config.momentum, weight_decay=config.weight_decay, decay_mask=self._decay_mask)
+        self._rng = np.random.Generator(np.random.PCG64(config.seed))
+        self.step = 0
+        self._window = 0  # next window index within the epoch
+        self._carry = model.zero_state(B)
+        self.best_val_loss: float | None = None
+        self.best_step: int | None = None
+        self.last_val_loss: float | None = None
+        self.val_curve: list[list[float]] = []  # [[step, val_loss], ...]
+        self._best_flat: np.ndarray | None = None
+        self._elapsed_before = 0.0  # wall clock of earlier runs (restored)
+
+    # -----------------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> float:
+        """Passes over the training slice so far."""
+        return self.step / self.windows_per_epoch
+
+    def current_learning_rate(self) -> float:
+        """The learning rate the next step will use."""
+        c = self.config
+        return learning_rate(min(self.step, self.total_steps - 1), self.total_steps, c.learning_rate, c.schedule, c.warmup_steps, c.min_lr_ratio)
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimiser step on the next window. Returns (loss, grad norm, learning rate).
+
+        A step whose gradient is not finite is skipped (parameters unchanged), and reported
+        through its grad norm.
+        """
+        c, model = self.config, self.model
+        T = c.seq_len
+        j = self._window
+        inputs = self._data[j * T : (j + 1) * T]  # (T, B)
+        targets = self._data[j * T + 1 : (j + 1) * T + 1]  # (T, B)
+        masks = None
+        p = model.config.dropout
+        if p > 0:
+            shape = (T, c.batch_size, model.config.hidden_size)
+            masks = [lstm.dropout_mask(self._rng, shape, p, model.dtype) for _ in range(model.config.num_layers)]
+        with single_threaded():
+            loss, grad, carry = model.loss_and_grad(inputs, targets, self._carry, masks, workers=self.workers)
+        lr = self.current_learning_rate()
+        norm = clip_by_global_norm_(grad.flat, c.clip)
+        if math.isfinite(norm):
+            self._optim.update(model.params.flat, grad.flat, lr)
+        self.step += 1
+        self._window += 1
+        if self._window == self.windows_per_epoch:  # epoch boundary: the streams start over
+            self._window = 0
+            carry = model.zero_state(c.batch_size)
+        self._carry = carry
+        return loss, norm, lr
+
+    def evaluate(self) -> float | None:
+        """Mean nats/char on the whole validation slice (None if it has < 2 characters)."""
+        if len(self._val_ids) < 2:
+            return None
+        return mean_loss(self.model, self._val_ids)
+
+    def _validate(self) -> tuple[float | None, bool]:
+        val = self.evaluate()
+        if val is None:
+            return None, False
+        self.last_val_loss = val
+        self.val_curve.append([self.step, val])
+        improved = self.best_val_loss is None or val < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_step = val, self.step
+            if self._best_flat is None:
+                self._best_flat = self.model.params.flat.copy()
+            else:
+                np.copyto(self._best_flat, self.model.params.flat)
+        return val, improved
+
+    def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[TrainProgress]:
+        """Train until ``total_steps``, yielding a TrainProgress after every step.
+
+        ``should_stop()`` is called before each step; when it returns true the iterator ends
+        (the state is consistent: capture() may be called). Validation runs after every
+        ``eval_every``-th step and after the last one.
+        """
+        c = self.config
+        chars_per_step = c.seq_len * c.batch_size
+        start = time.perf_counter()
+        compute = deque(maxlen=20)  # seconds of recent training steps
+        wall = deque(maxlen=20)  # seconds of recent steps including validation
+        try:
+            while self.step < self.total_steps:
+                if should_stop is not None and should_stop():
+                    break
+                t0 = time.perf_counter()
+                loss, norm, lr = self.train_step()
+                t1 = time.perf_counter()
+                val, improved = None, False
+                if self.step % c.eval_every == 0 or self.step == self.total_steps:
+                    val, improved = self._validate()
+                t2 = time.perf_counter()
+                compute.append(t1 - t0)
+                wall.append(t2 - t0)
+                yield TrainProgress(
+                    step=self.step,
+                    total_steps=self.total_steps,
+                    epoch=self.epoch,
+                    train_loss=loss,
+                    val_loss=val,
+                    chars_per_second=chars_per_step * len(compute) / max(sum(compute), 1e-9),
+                    learning_rate=lr,
+                    grad_norm=norm,
+                    elapsed_seconds=self._elapsed_before + (t2 - start),
+                    eta_seconds=(self.total_steps - self.step) * sum(wall) / len(wall),
+                    is_best=improved,
+                )
+        finally:  # also when the caller abandons the iterator
+            self._elapsed_before += time.perf_counter() - start
+
+    def best_state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters (PyTorch names) at the best validation loss so far, or the latest ones
+        if validation has not run (or there is no validation slice)."""
+        if self._best_flat is None:
+            return self.model.state_dict()
+        return _state_dict_of(self.model, self._best_flat)
+
+    # -----------------------------------------------------------------------------------------
+    # Capture and restore
+
+    def capture(self) -> TrainerState:
+        """A snapshot from which :meth:`restore` (on this or a fresh Trainer with the same
+        model config, train config and text) continues exactly as if never interrupted."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self._best_flat is not None:
+            tensors.update({f"best.{k}": v for k, v in _state_dict_of(self.model, self._best_flat).items()})
+        optim_tensors, optim_meta = self._optim.state()
+        tensors.update({f"optim.{k}": v for k, v in optim_tensors.items()})
+        tensors["carry.h"] = self._carry.h.copy()
+        tensors["carry.c"] = self._carry.c.copy()
+        meta = {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "window": self._window,
+            "windows_per_epoch": self.windows_per_epoch,
+            "train_characters": self.train_characters,
+            "val_characters": self.val_characters,
+            "rng": self._rng.bit_generator.state,
+            "optimizer": {"name": self.config.optimizer, **optim_meta},
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "last_val_loss": self.last_val_loss,
+            "val_curve": [list(p) for p in self.val_curve],
+            "elapsed_seconds": self._elapsed_before,
+            "model_config": self.model.config.to_dict(),
+            "train_config": self.config.to_dict(),
+        }
+        return TrainerState(tensors=tensors, meta=meta)
+
+    def restore(self, state: TrainerState) -> None:
+        """Continue from ``state`` (from :meth:`capture`). Raises ConfigError if it does not
+        fit this trainer (a different architecture, window shape, optimiser or text length,
+        or missing/misshapen tensors); the trainer is unchanged on error."""
+        if not isinstance(state, TrainerState):
+            raise ConfigError("state", f"state must be a TrainerState (got {type(state).__name__})")
+        meta, tensors = state.meta, state.tensors
+        try:
+            if meta.get("format") != STATE_FORMAT:
+                raise ConfigError("state", f"unknown training-state format {meta.get('format')!r} (expected {STATE_FORMAT})")
+            if ModelConfig.from_dict(meta["model_config"]) != self.model.config:
+                raise ConfigError("model_config", "the saved training state is for a different model architecture")
+            saved = TrainConfig.from_dict(meta["train_config"])
+            for field in ("seq_len", "batch_size", "optimizer", "val_fraction"):
+                if getattr(saved, field) != getattr(self.config, field):
+                    raise ConfigError(field, f"{field} must match the saved training state ({getattr(saved, field)!r}, got {getattr(self.config, field)!r})")
+            if meta["train_characters"] != self.train_characters or meta["windows_per_epoch"] != self.windows_per_epoch:
+                raise ConfigError("text", "the text is not the one the training state was captured on (its length differs)")
+            # Check everything first (scratch models validate names and shapes) ...
+            latest = CharLSTM(self.model.config)
+            latest.load_state_dict(_with_prefix(tensors, "model."))
+            best = _with_prefix(tensors, "best.")
+            best_flat = None
+            if best:
+                scratch = CharLSTM(self.model.config)
+                scratch.load_state_dict(best)
+                best_flat = scratch.params.flat
+            optim_tensors = _with_prefix(tensors, "optim.")
+            size = self.model.params.flat.size
+            expected = set(self._optim.state()[0])
+            if set(optim_tensors) != expected or "t" not in meta["optimizer"]:
+                raise ConfigError("state", f"the training state must hold the optimiser moments {sorted(expected)} and step")
+            for k, v in optim_tensors.items():
+                if np.shape(v) != (size,):
+                    raise ConfigError("state", f"optim.{k} must have shape ({size},) (got {np.shape(v)})")
+            carry = LSTMState(np.array(tensors["carry.h"], dtype=self.model.dtype), np.array(tensors["carry.c"], dtype=self.model.dtype))
+            self.model._check_state(carry, self.config.batch_size)
+            rng = np.random.Generator(np.random.PCG64())
+            rng.bit_generator.state = meta["rng"]
+            step, window = int(meta["step"]), int(meta["window"])
+            if not (0 <= window < self.windows_per_epoch):
+                raise ConfigError("state", f"window must be in [0, {self.windows_per_epoch - 1}] (got {window})")
+            # ... then apply.
+            self._optim.load_state(optim_tensors, meta["optimizer"])
+            np.copyto(self.model.params.flat, latest.params.flat)
+            self._best_flat = best_flat
+            self._carry = carry
+            self._rng = rng
+            self.step, self._window = step, window
+            self.best_val_loss = meta["best_val_loss"]
+            self.best_step = meta["best_step"]
+            self.last_val_loss = meta["last_val_loss"]
+            self.val_curve = [list(p) for p in meta["val_curve"]]
+            self._elapsed_before = float(meta.get("elapsed_seconds", 0.0))
+        except KeyError as exc:
+            raise ConfigError("state", f"the training state lacks {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError("state", f"the training state is malformed ({exc})") from None
+
+
+def _with_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _state_dict_of(model: CharLSTM, flat: np.ndarray) -> dict[str, np.ndarray]:
+    """state_dict of ``model``'s architecture for the flat parameter vector ``flat``."""
+    c = model.config
+    return torch_tensors(lstm.Params(c.vocab_size, c.embedding_size, c.hidden_size, c.num_layers, flat.dtype, flat))

@@ -1,0 +1,148 @@
+"""CharLSTM: state_dict, initialisation, stepping and feeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from charlstm.engine import CharLSTM, ConfigError, LSTMState, ModelConfig
+
+CONFIG = ModelConfig(vocab_size=11, embedding_size=6, hidden_size=8, num_layers=3, dtype="float64")
+
+
+def test_state_dict_has_pytorch_names_shapes_and_dtype():
+    model = CharLSTM(ModelConfig(vocab_size=11, embedding_size=6, hidden_size=8, num_layers=2))
+    sd = model.state_dict()
+    assert {k: v.shape for k, v in sd.items()} == {
+        "embedding.weight": (11, 6),
+        "lstm.weight_ih_l0": (32, 6), "lstm.weight_hh_l0": (32, 8),
+        "lstm.bias_ih_l0": (32,), "lstm.bias_hh_l0": (32,),
+        "lstm.weight_ih_l1": (32, 8), "lstm.weight_hh_l1": (32, 8),
+        "lstm.bias_ih_l1": (32,), "lstm.bias_hh_l1": (32,),
+        "decoder.weight": (11, 8), "decoder.bias": (11,),
+    }
+    assert all(v.dtype == np.float32 and v.flags.c_contiguous for v in sd.values())
+    assert model.num_parameters() == sum(v.size for v in sd.values())
+    # Fresh copies: changing them does not change the model.
+    sd["decoder.bias"][:] = 5
+    assert not np.any(model.state_dict()["decoder.bias"] == 5)
+
+
+def test_initialisation_follows_the_recipe():
+    H, E = 8, 6
+    model = CharLSTM(ModelConfig(vocab_size=11, embedding_size=E, hidden_size=H, num_layers=2, dtype="float64"), seed=3)
+    sd = model.state_dict()
+    for k in range(2):
+        b_ih, b_hh = sd[f"lstm.bias_ih_l{k}"], sd[f"lstm.bias_hh_l{k}"]
+        np.testing.assert_array_equal(b_ih[H:2 * H], 1.0)  # forget gate (PyTorch order i, f, g, o)
+        np.testing.assert_array_equal(np.delete(b_ih, np.s_[H:2 * H]), 0.0)
+        np.testing.assert_array_equal(b_hh, 0.0)
+        W_hh = sd[f"lstm.weight_hh_l{k}"]
+        for gate in range(4):
+            block = W_hh[gate * H:(gate + 1) * H]
+            np.testing.assert_allclose(block @ block.T, np.eye(H), atol=1e-12)  # orthogonal
+        n_in = E if k == 0 else H
+        assert np.abs(sd[f"lstm.weight_ih_l{k}"]).max() <= np.sqrt(6 / (n_in + H))
+    np.testing.assert_array_equal(sd["decoder.bias"], 0.0)
+    # Seeded: same seed same weights, other seed other weights; float32 = float64 rounded.
+    again = CharLSTM(model.config, seed=3).state_dict()
+    other = CharLSTM(model.config, seed=4).state_dict()
+    single = CharLSTM(ModelConfig(**{**model.config.to_dict(), "dtype": "float32"}), seed=3).state_dict()
+    for name in sd:
+        np.testing.assert_array_equal(again[name], sd[name])
+        np.testing.assert_array_equal(single[name], sd[name].astype(np.float32))
+    assert not np.array_equal(other["lstm.weight_ih_l0"], sd["lstm.weight_ih_l0"])
+
+
+def test_state_dict_round_trip_gives_the_same_predictions(rng):
+    a = CharLSTM(CONFIG, seed=1)
+    b = CharLSTM.from_state_dict(CONFIG, a.state_dict())
+    for name, value in a.state_dict().items():
+        np.testing.assert_array_equal(b.state_dict()[name], value)
+    ids = rng.integers(0, 11, (7, 3))
+    pa, sa = a.feed(ids, a.zero_state(3))
+    pb, sb = b.feed(ids, b.zero_state(3))
+    np.testing.assert_array_equal(pa, pb)
+    np.testing.assert_array_equal(sa.h, sb.h)
+
+
+def test_load_state_dict_refuses_bad_tensors_and_leaves_the_model_unchanged():
+    model = CharLSTM(CONFIG)
+    good = model.state_dict()
+    cases = [
+        ({k: v for k, v in good.items() if k != "decoder.bias"}, "decoder.bias"),
+        ({**good, "extra.weight": np.zeros(3)}, "extra.weight"),
+        ({**good, "lstm.weight_hh_l1": np.zeros((32, 9))}, "lstm.weight_hh_l1"),
+        ({**good, "embedding.weight": np.full((11, 6), np.nan)}, "embedding.weight"),
+    ]
+    for tensors, field in cases:
+        with pytest.raises(ConfigError) as err:
+            model.load_state_dict(tensors)
+        assert err.value.field == field
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, good[name])
+
+
+def test_batched_step_equals_per_stream_steps(rng):
+    model = CharLSTM(CONFIG, seed=2)
+    B = 5
+    state = model.zero_state(B)
+    singles = [model.zero_state(1) for _ in range(B)]
+    for _ in range(6):
+        ids = rng.integers(0, 11, B)
+        probs, state = model.step(ids, state)
+        assert probs.shape == (B, 11) and probs.dtype == np.float64
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+        for b in range(B):
+            p, singles[b] = model.step(ids[b:b + 1], singles[b])
+            np.testing.assert_allclose(p[0], probs[b], rtol=0, atol=1e-12)
+    joined = LSTMState.concat(singles)
+    np.testing.assert_allclose(joined.h, state.h, atol=1e-12)
+    np.testing.assert_allclose(state.select(2).c, singles[2].c, atol=1e-12)
+
+
+def test_feed_equals_stepping_one_character_at_a_time(rng):
+    model = CharLSTM(CONFIG, seed=2)
+    ids = rng.integers(0, 11, (9, 2))
+    start = LSTMState(rng.normal(size=(3, 2, 8)), rng.normal(size=(3, 2, 8)))
+    before = start.copy()
+    fed_probs, fed_state = model.feed(ids, start)
+    state = start
+    for t in range(9):
+        probs, state = model.step(ids[t], state)
+    np.testing.assert_allclose(fed_probs, probs, atol=1e-12)
+    np.testing.assert_allclose(fed_state.c, state.c, atol=1e-12)
+    np.testing.assert_array_equal(start.h, before.h)  # the input state is not modified
+
+
+def test_step_refuses_bad_ids_and_state():
+    model = CharLSTM(CONFIG)
+    state = model.zero_state(2)
+    for ids, field in [(np.array([0, 11]), "ids"), (np.array([-1, 0]), "ids"), (np.array([0.5, 1.0]), "ids"),
+                       (np.array([[1, 2]]), "ids")]:
+        with pytest.raises(ConfigError) as err:
+            model.step(ids, state)
+        assert err.value.field == field
+    with pytest.raises(ConfigError) as err:
+        model.step(np.array([1, 2, 3]), state)
+    assert err.value.field == "state"
+    with pytest.raises(ConfigError):
+        model.feed(np.zeros((0, 2), dtype=int), state)
+    with pytest.raises(ConfigError):
+        model.zero_state(0)
+
+
+def test_lstm_state_helpers():
+    model = CharLSTM(CONFIG)
+    s = model.zero_state(4)
+    assert s.batch_size == 4 and s.h.shape == (3, 4, 8)
+    s.h[:, 1] = 1.0
+    one = s.select(1)
+    assert one.batch_size == 1 and np.all(one.h == 1.0)
+    one.h[:] = 7  # a copy
+    assert not np.any(s.h == 7)
+    pair = s.select([3, 1])
+    assert np.all(pair.h[:, 1] == 1.0)
+    assert LSTMState.concat([s, pair]).batch_size == 6
+    with pytest.raises(ConfigError):
+        LSTMState.concat([])

@@ -6,7 +6,6 @@ few hundred steps in well under a second; most of a job's time is the worker sta
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -15,6 +14,8 @@ from charlstm.service.corpora import CorpusStore
 from charlstm.service.jobs import JobManager
 from charlstm.service.store import LocalStore
 from charlstm.v1 import charlstm_pb2 as pb
+
+import serving_helpers
 
 T = TypeVar("T")
 
@@ -33,15 +34,8 @@ def tiny_hyperparameters(**overrides) -> pb.Hyperparameters:
 
 
 def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+    """``serving_helpers.wait_for`` with a longer default: a job's worker process has to start."""
+    return serving_helpers.wait_for(check, timeout=timeout, what=what)
 
 
 class ManagerHarness:

@@ -43,6 +43,7 @@ class ServerConfig:
     store: str = "./charlstm-store"
     max_workers: int = 0  # 0: max_streams + 16
     max_jobs: int = 1
+    max_queued_jobs: int = 100
     max_message_bytes: int = 16 * MiB
     max_corpus_bytes: int = 64 * MiB
     max_generate_chars: int = 10_000
@@ -72,8 +73,8 @@ class ServerConfig:
             raise ValueError(f"port must be in [0, 65535] (got {self.port})")
         if self.metrics_port > 65535:
             raise ValueError(f"metrics_port must be <= 65535 (got {self.metrics_port})")
-        for name in ("max_jobs", "max_streams", "max_inputs", "max_generate_chars",
-                     "model_cache_size", "max_input_chars"):
+        for name in ("max_jobs", "max_queued_jobs", "max_streams", "max_inputs",
+                     "max_generate_chars", "model_cache_size", "max_input_chars"):
             at_least(name, 1)
         at_least("max_workers", 0)
         at_least("max_message_bytes", 1024)
@@ -139,6 +140,7 @@ _HELP: dict[str, str] = {
     "store": "directory holding models, corpora and job records",
     "max_workers": "RPC thread-pool size (0: max-streams + 16)",
     "max_jobs": "training jobs running at once; the rest queue",
+    "max_queued_jobs": "training jobs waiting at once; more get RESOURCE_EXHAUSTED",
     "max_message_bytes": "largest gRPC message accepted or sent (suffixes K, M, G)",
     "max_corpus_bytes": "largest corpus accepted, inline or uploaded (suffixes K, M, G)",
     "max_generate_chars": "most characters one Predict input or Stream generate may ask for",

@@ -7,7 +7,8 @@
 What :func:`create_server` assembles, in order:
 
 1. interceptors, outermost first: the access log and RPC metrics (``logs.py``), the bearer
-   token check (``auth.py``, when a token is configured), admission control (below);
+   token check (``auth.py``, when a token is configured), admission control (below), request
+   parsing (``decoding.py``: a malformed message is INVALID_ARGUMENT, not INTERNAL);
 2. the ``charlstm.v1.CharLstm`` servicer, ``grpc.health.v1.Health`` and server reflection;
 3. the listening port (TLS when a certificate and key are given) with the message-size limits;
 4. the training-job scheduler, then the server, then health SERVING and the metrics endpoint.
@@ -44,6 +45,7 @@ from grpc_reflection.v1alpha import reflection
 
 from charlstm.service.auth import TokenAuthInterceptor
 from charlstm.service.config import ServerConfig, add_serve_arguments
+from charlstm.service.decoding import RequestDecodingInterceptor
 from charlstm.service.errors import Unavailable, abort_handler, to_status
 from charlstm.service.logs import (
     AccessLogInterceptor,
@@ -264,6 +266,7 @@ def create_server(config: ServerConfig, *, metrics: Metrics | None = None) -> Ru
     if config.token:
         interceptors.append(TokenAuthInterceptor(config.token))
     interceptors.append(admission)
+    interceptors.append(RequestDecodingInterceptor())
 
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.thread_pool_size, thread_name_prefix="charlstm-rpc"),

@@ -49,7 +49,7 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
         self.corpora = CorpusStore(root / "corpora", max_bytes=config.max_corpus_bytes)
         self.jobs = JobManager(
             self.store, self.corpora, state_dir=root / "jobs", max_jobs=config.max_jobs,
-            metrics=self.metrics, store_location=config.store,
+            max_queued=config.max_queued_jobs, metrics=self.metrics, store_location=config.store,
         )
         self.stepper = stepper if stepper is not None else Stepper()
         self.models = ModelCache(self.store, capacity=config.model_cache_size,

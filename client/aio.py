@@ -40,7 +40,7 @@ from charlstm.client.channel import (
 from charlstm.client.errors import DeadlineExceededError, error_for_code, from_rpc_error
 from charlstm.client.messages import CorpusSource
 from charlstm.client.retry import DEFAULT_RETRY, NO_RETRY, Deadline, RetryPolicy, call_with_retry_async
-from charlstm.client.streams import unexpected_reply
+from charlstm.client.streams import SessionProtocol
 from charlstm.client.types import (
     CharDistribution,
     Corpus,
@@ -52,13 +52,10 @@ from charlstm.client.types import (
     SessionInfo,
     TrainEvent,
     corpus_from_proto,
-    distribution_from_proto,
-    generated_chars_from_proto,
     eval_result_from_proto,
     job_from_proto,
     model_from_proto,
     predict_result_from_proto,
-    session_info_from_proto,
     train_event_from_proto,
 )
 from charlstm.v1 import charlstm_pb2 as pb
@@ -162,7 +159,7 @@ class AsyncTrainEventStream:
         self.close()
 
 
-class AsyncStreamSession:
+class AsyncStreamSession(SessionProtocol):
     """A stateful Stream session (see `charlstm.client.streams.StreamSession` for the
     semantics). Open it with ``async with`` or ``await``; not safe for concurrent use by several
     tasks at once."""
@@ -170,17 +167,12 @@ class AsyncStreamSession:
     def __init__(
         self, start: Callable[[], Any], open_request: pb.StreamRequest, timeout: float | None
     ) -> None:
+        super().__init__()
         self._start = start
         self._open_request = open_request
         self._timeout = timeout
         self._call: Any = None
-        self._closed = False
-        self._generating = False
-        self._generation = 0
         self.info: SessionInfo | None = None
-        self.next: CharDistribution = []
-        self.position = 0
-        self.transcript = ""
 
     async def open(self) -> AsyncStreamSession:
         """Opens the session (waits for the server's `opened` reply, and the prefix's
@@ -190,10 +182,7 @@ class AsyncStreamSession:
         self._call = self._start()
         try:
             await self._call.write(self._open_request)
-            reply = await self._read()
-            if reply is None or reply.WhichOneof("event") != "opened":
-                raise unexpected_reply(reply, "'opened'")
-            self.info = session_info_from_proto(reply.opened)
+            self.info = self._on_opened(await self._read())
             prefix = self._open_request.open.prefix
             if prefix:
                 await self._read_prediction()
@@ -310,27 +299,10 @@ class AsyncStreamSession:
             raise
 
     async def _read_prediction(self) -> CharDistribution:
-        reply = await self._read()
-        if reply is None or reply.WhichOneof("event") != "prediction":
-            self._abort()
-            raise unexpected_reply(reply, "'prediction'")
-        self.position = reply.prediction.position
-        self.next = distribution_from_proto(reply.prediction.next)
-        return self.next
+        return self._on_prediction(await self._read())
 
     async def _read_generation_reply(self) -> list[GeneratedChar]:
-        reply = await self._read()
-        kind = reply.WhichOneof("event") if reply is not None else None
-        if kind == "chars":
-            generated = generated_chars_from_proto(reply.chars)
-            self.transcript += reply.chars.text
-            self.position += len(generated)  # generated characters are fed back in
-            return generated
-        if kind == "end":
-            self._generating = False
-            return []
-        self._abort()
-        raise unexpected_reply(reply, "'chars' or 'end'")
+        return self._on_generation_reply(await self._read())
 
     def _abort(self) -> None:
         self._closed = True

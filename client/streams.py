@@ -190,7 +190,60 @@ def unexpected_reply(reply: pb.StreamResponse | None, expected: str) -> CharLstm
     )
 
 
-class StreamSession:
+class SessionProtocol:
+    """What a Stream session's replies mean, shared by the sync and asyncio sessions (which
+    only differ in how they send and wait): each ``_on_*`` method checks one reply against the
+    protocol and updates the session's state; a reply out of protocol aborts the session.
+
+    Attributes:
+        next: the next-character distribution after the latest feed/reset/prefix.
+        position: characters fed since the last reset, generated ones included (the server's
+            count after each feed or reset, kept up to date during generation).
+        transcript: all text that determines the current state (fed and generated since the
+            last reset). Feeding it to a new session reproduces this one's state.
+    """
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._generation = 0  # id of the latest generation; stale iterators stop
+        self._generating = False  # replies of the latest generation are still to be read
+        self.next: CharDistribution = []
+        self.position = 0
+        self.transcript = ""
+
+    def _abort(self) -> None:
+        """Gives up on the session after an error: no further action can succeed."""
+        raise NotImplementedError
+
+    def _on_opened(self, reply: pb.StreamResponse | None) -> SessionInfo:
+        if reply is None or reply.WhichOneof("event") != "opened":
+            raise unexpected_reply(reply, "'opened'")
+        return session_info_from_proto(reply.opened)
+
+    def _on_prediction(self, reply: pb.StreamResponse | None) -> CharDistribution:
+        if reply is None or reply.WhichOneof("event") != "prediction":
+            self._abort()
+            raise unexpected_reply(reply, "'prediction'")
+        self.position = reply.prediction.position
+        self.next = distribution_from_proto(reply.prediction.next)
+        return self.next
+
+    def _on_generation_reply(self, reply: pb.StreamResponse | None) -> list[GeneratedChar]:
+        """One reply of the current generation: its characters, or [] at its end."""
+        kind = reply.WhichOneof("event") if reply is not None else None
+        if kind == "chars":
+            generated = generated_chars_from_proto(reply.chars)
+            self.transcript += reply.chars.text
+            self.position += len(generated)  # generated characters are fed back in
+            return generated
+        if kind == "end":
+            self._generating = False
+            return []
+        self._abort()
+        raise unexpected_reply(reply, "'chars' or 'end'")
+
+
+class StreamSession(SessionProtocol):
     """A stateful session on one model: the server keeps the LSTM state between calls.
 
     Obtained from `CharLstmClient.stream`; use it as a context manager (or call `close`).
@@ -199,11 +252,7 @@ class StreamSession:
 
     Attributes:
         info: the session id and the model version serving it.
-        next: the next-character distribution after the latest feed/reset/prefix.
-        position: characters fed since the last reset, generated ones included (the server's
-            count after each feed or reset, kept up to date during generation).
-        transcript: all text that determines the current state (fed and generated since the
-            last reset). Feeding it to a new session reproduces this one's state.
+        next, position, transcript: see `SessionProtocol`.
     """
 
     def __init__(
@@ -212,21 +261,13 @@ class StreamSession:
         open_request: pb.StreamRequest,
         timeout: float | None,
     ) -> None:
+        super().__init__()
         self._timeout = timeout
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._closed = False
-        self._generation = 0  # id of the latest generation; stale iterators stop
-        self._generating = False  # replies of the latest generation are still to be read
-        self.next: CharDistribution = []
-        self.position = 0
-        self.transcript = ""
         self._reader = ResponseReader(start_call(iter(self._requests.get, _CLOSE)), "stream session")
         try:
             self._requests.put(open_request)
-            reply = self._reader.next(timeout)
-            if reply is None or reply.WhichOneof("event") != "opened":
-                raise unexpected_reply(reply, "'opened'")
-            self.info: SessionInfo = session_info_from_proto(reply.opened)
+            self.info: SessionInfo = self._on_opened(self._reader.next(timeout))
             prefix = open_request.open.prefix
             if prefix:
                 self._read_prediction()
@@ -295,23 +336,7 @@ class StreamSession:
             yield from self._read_generation_reply()
 
     def _read_generation_reply(self) -> list[GeneratedChar]:
-        """Reads one reply of the current generation: its characters, or [] at its end."""
-        try:
-            reply = self._reader.next(self._timeout)
-        except BaseException:
-            self._abort()
-            raise
-        kind = reply.WhichOneof("event") if reply is not None else None
-        if kind == "chars":
-            generated = generated_chars_from_proto(reply.chars)
-            self.transcript += reply.chars.text
-            self.position += len(generated)  # generated characters are fed back in
-            return generated
-        if kind == "end":
-            self._generating = False
-            return []
-        self._abort()
-        raise unexpected_reply(reply, "'chars' or 'end'")
+        return self._on_generation_reply(self._next_reply())
 
     def close(self) -> None:
         """Ends the session: half-closes the call so the server finishes it cleanly, then
@@ -345,18 +370,15 @@ class StreamSession:
         while self._generating:
             self._read_generation_reply()
 
-    def _read_prediction(self) -> CharDistribution:
+    def _next_reply(self) -> pb.StreamResponse | None:
         try:
-            reply = self._reader.next(self._timeout)
+            return self._reader.next(self._timeout)
         except BaseException:
             self._abort()
             raise
-        if reply is None or reply.WhichOneof("event") != "prediction":
-            self._abort()
-            raise unexpected_reply(reply, "'prediction'")
-        self.position = reply.prediction.position
-        self.next = distribution_from_proto(reply.prediction.next)
-        return self.next
+
+    def _read_prediction(self) -> CharDistribution:
+        return self._on_prediction(self._next_reply())
 
     def _abort(self) -> None:
         """Gives up on the session after an error: no further action can succeed."""

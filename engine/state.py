@@ -51,5 +51,23 @@ class LSTMState:
             np.concatenate([s.c for s in states], axis=1),
         )
 
+    def split(self, sizes: list[int]) -> list["LSTMState"]:
+        """The inverse of :meth:`concat`: consecutive groups of ``sizes[i]`` streams, as views
+        of this state (no copy; the caller must not write into them if it keeps this one).
+        ``sizes`` must add up to the batch size."""
+        if any(int(n) < 1 for n in sizes) or sum(int(n) for n in sizes) != self.batch_size:
+            raise ConfigError(
+                "sizes",
+                f"sizes must be positive and add up to the batch size {self.batch_size} "
+                f"(got {list(sizes)})",
+            )
+        out: list[LSTMState] = []
+        start = 0
+        for n in sizes:
+            stop = start + int(n)
+            out.append(LSTMState(self.h[:, start:stop], self.c[:, start:stop]))
+            start = stop
+        return out
+
     def copy(self) -> "LSTMState":
         return LSTMState(self.h.copy(), self.c.copy())

@@ -59,6 +59,9 @@ class ServerConfig:
     log_format: str = "text"
     model_cache_size: int = 8
     grace_period: float = 15.0
+    batching: str = "on"
+    max_batch_size: int = 256
+    batch_max_wait_ms: float = 2.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,6 +93,12 @@ class ServerConfig:
             raise ValueError(
                 f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got {self.log_level!r})"
             )
+        if self.batching not in ("on", "off"):
+            raise ValueError(f"batching must be on or off (got {self.batching!r})")
+        at_least("max_batch_size", 1)
+        if not 0 <= self.batch_max_wait_ms <= 1000:
+            raise ValueError(
+                f"batch_max_wait_ms must be in [0, 1000] (got {self.batch_max_wait_ms})")
         if self.token is not None and not self.token:
             self.token = None
 
@@ -157,6 +166,10 @@ _HELP: dict[str, str] = {
     "log_format": "text (key=value) or json, one line per event",
     "model_cache_size": "model versions kept loaded in memory (least recently used go first)",
     "grace_period": "seconds in-flight calls and running jobs get to finish on SIGTERM/SIGINT",
+    "batching": "on: concurrent Stream sessions and Predict calls on one model version advance "
+    "together, one matrix product per step; off: each request steps the model alone",
+    "max_batch_size": "most rows (sessions, Predict inputs) advanced by one batched step",
+    "batch_max_wait_ms": "milliseconds a batched step may wait for requests about to arrive",
 }
 
 _TYPES: dict[str, Callable[[str], Any]] = {
@@ -165,11 +178,13 @@ _TYPES: dict[str, Callable[[str], Any]] = {
     "max_corpus_bytes": _size,
     "log_level": lambda text: text.strip().upper(),
     "log_format": lambda text: text.strip().lower(),
+    "batching": lambda text: text.strip().lower(),
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log_format": ("text", "json"),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "batching": ("on", "off"),
 }
 
 

@@ -1,32 +1,79 @@
 """Inference for Predict and Stream, in plain types: no gRPC, no protobuf.
 
-Every advance of a model goes through a :class:`Stepper`. The default one calls the engine
-directly; it is the seam where a cross-request batcher slots in later (issue 7): a batcher
-implements the same two methods, parks the caller, concatenates the states of every caller
-waiting on the same model (``LSTMState.concat``), runs one ``CharLSTM.step`` for all of them
-and hands each its rows back. Nothing else here needs to change for that.
+Every advance of a model goes through a :class:`Stepper`: ``feed`` and ``step`` for text a
+caller supplies, ``generate`` for sampled continuations (sample, feed the sample back, repeat).
+This :class:`Stepper` calls the engine directly, one request at a time; the continuous batcher
+(:class:`charlstm.service.batching.BatchingStepper`) implements the same three methods and
+advances every request waiting on the same model with one ``CharLSTM.step`` per character.
 
 Conventions shared with ``charlstm.engine.generate``: an empty text conditions on nothing,
 which means starting from the zero state with ``Vocab.UNK_ID`` as the first input; each input
 of a batch has its own :class:`~charlstm.engine.Sampler` seeded with the request's seed, so an
-input's continuation does not depend on what else is in the batch.
+input's continuation does not depend on what else is in the batch (or in the server's batch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from charlstm.engine import CharLSTM, LSTMState, Sampler, SamplingOptions, Vocab, top_chars
 from charlstm.service.model_cache import LoadedModel
 
-__all__ = ["Stepper", "Prediction", "prime", "predict"]
+__all__ = ["Stepper", "Generation", "Prediction", "prime", "predict"]
+
+
+class Generation:
+    """A sampled continuation of B rows in progress: iterate for ``(ids (B,), p (B,))``, the
+    ids drawn at each position and the model's probability of each.
+
+    Once iteration has ended normally, ``probs`` (B, V) and ``state`` (L, B, H) are those after
+    the last drawn character (when it was fed back: ``feed_last``). After :meth:`stop`, they
+    are undefined: callers stop only when the request is over.
+    """
+
+    probs: np.ndarray
+    state: LSTMState
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Give up on the rest of the generation (the caller was cancelled)."""
+
+
+class _DirectGeneration(Generation):
+    """The unbatched generation: the caller's thread samples and steps."""
+
+    def __init__(self, model: CharLSTM, probs: np.ndarray, state: LSTMState,
+                 samplers: list[Sampler], length: int, feed_last: bool):
+        self._model, self._samplers = model, samplers
+        self._length, self._feed_last = length, feed_last
+        self.probs, self.state = probs, state
+        self._stopped = False
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        B = len(self._samplers)
+        for t in range(self._length):
+            if self._stopped:
+                return
+            ids = np.empty(B, dtype=np.int64)  # (B,)
+            p = np.empty(B, dtype=np.float64)  # (B,)
+            for i, sampler in enumerate(self._samplers):
+                chosen, prob = sampler.sample(self.probs[i: i + 1])
+                ids[i], p[i] = chosen[0], prob[0]
+            if t + 1 < self._length or self._feed_last:
+                self.probs, self.state = self._model.step(ids, self.state)
+            yield ids, p
+
+    def stop(self) -> None:
+        self._stopped = True
 
 
 class Stepper:
-    """Advances streams of one model. Subclass (or duck-type) to batch across requests."""
+    """Advances streams of one model, one request at a time (no batching across requests)."""
 
     def feed(self, model: CharLSTM, ids: np.ndarray, state: LSTMState) -> tuple[np.ndarray, LSTMState]:
         """ids (T, B) -> probabilities after the last character (B, V) and the new state."""
@@ -35,6 +82,15 @@ class Stepper:
     def step(self, model: CharLSTM, ids: np.ndarray, state: LSTMState) -> tuple[np.ndarray, LSTMState]:
         """ids (B,) -> next-character probabilities (B, V) and the new state."""
         return model.step(ids, state)
+
+    def generate(
+        self, model: CharLSTM, probs: np.ndarray, state: LSTMState, samplers: list[Sampler],
+        length: int, *, feed_last: bool = True,
+    ) -> Generation:
+        """Draw ``length`` characters for each of B rows from ``probs`` (B, V) and ``state``
+        (L, B, H), row i with ``samplers[i]``, feeding each draw back in. ``feed_last=False``
+        skips feeding the last draw (its distribution is not needed)."""
+        return _DirectGeneration(model, probs, state, samplers, length, feed_last)
 
 
 @dataclass
@@ -112,19 +168,20 @@ def predict(
         return results
 
     samplers = [Sampler(options) for _ in inputs]
-    chars: list[list[str]] = [[] for _ in inputs]
-    for t in range(length):
+    drawn: list[np.ndarray] = []  # one (B,) array of ids per position
+    drawn_p: list[np.ndarray] = []  # (B,) probabilities
+    # The distribution after the last character is not needed: feed_last=False.
+    generation = stepper.generate(loaded.model, probs, state, samplers, length, feed_last=False)
+    for ids, p in generation:
+        drawn.append(ids)
+        drawn_p.append(p)
         if should_stop():
+            generation.stop()
             break
-        ids = np.empty(len(inputs), dtype=np.int64)  # (B,)
-        for i, sampler in enumerate(samplers):
-            chosen, p = sampler.sample(probs[i: i + 1])
-            ids[i] = chosen[0]
-            results[i].probabilities.append(float(p[0]))
-        for i, ch in enumerate(loaded.vocab.decode(ids)):
-            chars[i].append(ch)
-        if t + 1 < length:  # the distribution after the last character is not needed
-            probs, state = stepper.step(loaded.model, ids, state)
-    for r, cs in zip(results, chars):
-        r.continuation = "".join(cs)
+    if drawn:
+        ids_tb = np.stack(drawn)  # (t, B)
+        p_tb = np.stack(drawn_p)  # (t, B)
+        for i, r in enumerate(results):
+            r.continuation = loaded.vocab.decode(ids_tb[:, i])
+            r.probabilities = p_tb[:, i].tolist()
     return results

@@ -11,6 +11,8 @@ Names (all prefixed ``charlstm_``):
 ``active_streams``                              open Stream sessions
 ``generated_chars_total``                       characters sampled (Predict and Stream)
 ``stream_sessions_expired_total``               Stream sessions ended by the idle timeout
+``batch_rows``                                  rows (streams) advanced by each batched step
+``batch_queue_wait_seconds``                    wait of a request before its first batched step
 ``model_cache_models``                          models loaded in the cache
 ``model_loads_total``                           checkpoint loads into the cache
 ``jobs{state}``                                 training jobs by state
@@ -65,6 +67,17 @@ class Metrics:
         self.stream_sessions_expired_total = Counter(
             "charlstm_stream_sessions_expired",
             "Stream sessions ended because they stayed idle past the idle timeout.", registry=r,
+        )
+        self.batch_rows = Histogram(
+            "charlstm_batch_rows",
+            "Rows (streams of Stream sessions and Predict inputs) advanced by one batched step.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r,
+        )
+        self.batch_queue_wait_seconds = Histogram(
+            "charlstm_batch_queue_wait_seconds",
+            "Seconds a request waited for its first batched step.",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=r,
         )
         self.model_cache_models = Gauge(
             "charlstm_model_cache_models", "Model versions loaded in the cache.", registry=r,

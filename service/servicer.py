@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from charlstm.service.batching import BatchingStepper
 from charlstm.service.config import ServerConfig
 from charlstm.service.corpora import CorpusStore
 from charlstm.service.inference import Stepper
@@ -51,7 +52,12 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
             self.store, self.corpora, state_dir=root / "jobs", max_jobs=config.max_jobs,
             max_queued=config.max_queued_jobs, metrics=self.metrics, store_location=config.store,
         )
-        self.stepper = stepper if stepper is not None else Stepper()
+        if stepper is None:
+            stepper = Stepper() if config.batching == "off" else BatchingStepper(
+                max_batch_size=config.max_batch_size,
+                max_wait=config.batch_max_wait_ms / 1000.0, metrics=self.metrics,
+            )
+        self.stepper = stepper
         self.models = ModelCache(self.store, capacity=config.model_cache_size,
                                  metrics=self.metrics)
         self.sessions = SessionRegistry(

@@ -225,10 +225,13 @@ class AsyncStreamSession(SessionProtocol):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        max_chars_per_message: int | None = None,
     ) -> AsyncIterator[str]:
         """Generates ``length`` characters, yielding each as it arrives (see the sync session)."""
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
-        async for generated in self.generate_with_probs(length, **sampling):
+        async for generated in self.generate_with_probs(
+            length, **sampling, max_chars_per_message=max_chars_per_message
+        ):
             yield generated.char
 
     async def generate_with_probs(
@@ -239,10 +242,13 @@ class AsyncStreamSession(SessionProtocol):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        max_chars_per_message: int | None = None,
     ) -> AsyncIterator[GeneratedChar]:
         """Like `generate`, with the probability each character was drawn with. The request is
         sent when iteration starts."""
-        await self._send(messages.stream_generate(length, temperature, top_k, top_p, seed))
+        await self._send(
+            messages.stream_generate(length, temperature, top_k, top_p, seed, max_chars_per_message)
+        )
         self._generation += 1
         generation = self._generation
         self._generating = True

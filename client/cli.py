@@ -301,6 +301,13 @@ def build_parser() -> Parser:
         metavar="N",
         help="characters the server batches per message (default: the server's, 1)",
     )
+    p.add_argument(
+        "--max-chars-per-message",
+        type=int,
+        metavar="N",
+        help="let the server send the characters it has already produced together, up to N "
+        "per message, when this client reads slower than the model generates (none waits)",
+    )
     _add_model_selector(p)
     _add_sampling(p)
 
@@ -596,7 +603,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         if args.interactive:
             return _interactive(session, args)
         count = 0
-        for generated in session.generate_with_probs(args.length):
+        for generated in session.generate_with_probs(
+            args.length, max_chars_per_message=args.max_chars_per_message
+        ):
             count += 1
             if args.json:
                 _emit({"kind": "char", "char": generated.char, "probability": generated.probability})
@@ -642,7 +651,9 @@ def _interactive(session: Any, args: argparse.Namespace) -> int:
         if line:
             session.feed(line)
         chars, probabilities = [], []
-        for generated in session.generate_with_probs(args.length):
+        for generated in session.generate_with_probs(
+            args.length, max_chars_per_message=args.max_chars_per_message
+        ):
             if args.json:
                 chars.append(generated.char)
                 probabilities.append(generated.probability)

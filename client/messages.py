@@ -180,11 +180,14 @@ def stream_generate(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    max_chars_per_message: int | None = None,
 ) -> pb.StreamRequest:
     generate = pb.StreamGenerate(length=length)
     sampling = sampling_options(temperature, top_k, top_p, seed)
     if sampling is not None:
         generate.sampling.CopyFrom(sampling)
+    if max_chars_per_message is not None:
+        generate.max_chars_per_message = max_chars_per_message
     return pb.StreamRequest(generate=generate)
 
 

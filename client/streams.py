@@ -302,13 +302,20 @@ class StreamSession(SessionProtocol):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        max_chars_per_message: int | None = None,
     ) -> Iterator[str]:
         """Generates ``length`` characters, yielding each one as it arrives. Each is fed back
         into the state. Giving any sampling option replaces the session's sampling options as a
         whole for this generation (the ones not given take the server's defaults, not the
-        session's); giving none uses the session's."""
+        session's); giving none uses the session's.
+
+        ``max_chars_per_message`` (1-256) lets the server put the characters it has already
+        produced into one message, up to that many, when this client reads slower than the
+        model generates; no character waits for others. Unset: the session's
+        ``chars_per_message``."""
         generated = self.generate_with_probs(
-            length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+            length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+            max_chars_per_message=max_chars_per_message,
         )
         return (g.char for g in generated)
 
@@ -320,13 +327,16 @@ class StreamSession(SessionProtocol):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        max_chars_per_message: int | None = None,
     ) -> Iterator[GeneratedChar]:
         """Like `generate`, yielding each character with the probability it was drawn with.
 
         The request is sent at once; abandoning the iterator early is fine (the rest of the
         generation is read, and fed into `transcript`, before the next action)."""
         self._before_action()
-        self._requests.put(stream_generate(length, temperature, top_k, top_p, seed))
+        self._requests.put(
+            stream_generate(length, temperature, top_k, top_p, seed, max_chars_per_message)
+        )
         self._generation += 1
         self._generating = True
         return self._generated(self._generation)

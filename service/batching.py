@@ -39,6 +39,7 @@ from typing import Iterator
 import numpy as np
 
 from charlstm.engine import CharLSTM, LSTMState, Sampler, SamplingOptions
+from charlstm.engine.blas import single_threaded
 from charlstm.service.inference import Generation, Stepper
 from charlstm.service.metrics import Metrics
 
@@ -153,6 +154,9 @@ class _Generation(_Participant, Generation):
     def stop(self) -> None:
         self.stopped = True
         self.loop.wake()
+
+    def ready(self) -> int:
+        return max(0, self.out.qsize() - (1 if self.remaining <= 0 else 0))  # not the end mark
 
 
 class _ModelLoop:
@@ -271,7 +275,8 @@ class _ModelLoop:
         if stepping:
             ids = np.concatenate([p.next_ids() for p in stepping])  # (N,)
             state = LSTMState.concat([p.state for p in stepping])  # (L, N, H)
-            probs, state = self.model.step(ids, state)  # (N, V): the one product per step
+            with single_threaded():  # see Stepper
+                probs, state = self.model.step(ids, state)  # (N, V): one product per layer
             if metrics is not None:
                 metrics.batch_rows.observe(len(ids))
             sizes = [p.rows for p in stepping]
@@ -358,7 +363,7 @@ class BatchingStepper(Stepper):
     def feed(self, model: CharLSTM, ids: np.ndarray, state: LSTMState) -> tuple[np.ndarray, LSTMState]:
         ids = np.asarray(ids)
         if ids.ndim != 2 or ids.shape[0] > self.direct_feed_chars or ids.size == 0:
-            return model.feed(ids, state)  # long (or malformed: the engine says why)
+            return super().feed(model, ids, state)  # long (or malformed: the engine says why)
         feed = self._submit(model, lambda loop: _Feed(ids, state))
         feed.done.wait()  # type: ignore[attr-defined]
         if feed.error is not None:
@@ -369,7 +374,7 @@ class BatchingStepper(Stepper):
     def step(self, model: CharLSTM, ids: np.ndarray, state: LSTMState) -> tuple[np.ndarray, LSTMState]:
         ids = np.asarray(ids)
         if ids.ndim != 1:
-            return model.step(ids, state)  # the engine's error
+            return super().step(model, ids, state)  # the engine's error
         return self.feed(model, ids[None, :], state)
 
     def generate(

@@ -122,12 +122,8 @@ class InferenceRpcs:
         )
         chars_per_message = 1
         if msg.HasField("chars_per_message"):
-            chars_per_message = int(msg.chars_per_message)
-            if not 1 <= chars_per_message <= MAX_CHARS_PER_MESSAGE:
-                raise InvalidArgument(
-                    f"open.chars_per_message must be in [1, {MAX_CHARS_PER_MESSAGE}] "
-                    f"(got {chars_per_message})", field="open.chars_per_message",
-                )
+            chars_per_message = self._chars_per_message(msg.chars_per_message,
+                                                        "open.chars_per_message")
         session = self.sessions.open(
             loaded, inbox, sampling=sampling, next_top_k=next_top_k,
             chars_per_message=chars_per_message,
@@ -167,15 +163,22 @@ class InferenceRpcs:
             return (session.closed.is_set() or not context.is_active()
                     or self.sessions.generation_stopped)
 
+        # Characters per message: exactly `fill` (the session's chars_per_message), or, with
+        # generate.max_chars_per_message, whatever is already drawn up to that many.
+        fill, coalesce = session.chars_per_message, 0
+        if msg.HasField("max_chars_per_message"):
+            coalesce = self._chars_per_message(msg.max_chars_per_message,
+                                               "generate.max_chars_per_message")
+            fill = coalesce
         generated = 0
         text: list[str] = []
         probs: list[float] = []
-        for char, p in session.generate(length, sampler, should_stop=stopped):
+        for char, p, ready in session.generate(length, sampler, should_stop=stopped):
             generated += 1
-            self.metrics.generated_chars_total.inc()
             text.append(char)
             probs.append(p)
-            if len(text) >= session.chars_per_message:
+            if len(text) >= fill or (coalesce and not ready):
+                self.metrics.generated_chars_total.inc(len(text))
                 yield pb.StreamResponse(chars=pb.GeneratedChars(text="".join(text),
                                                                 probabilities=probs))
                 text, probs = [], []
@@ -187,6 +190,7 @@ class InferenceRpcs:
         if stopped():
             return
         if text:
+            self.metrics.generated_chars_total.inc(len(text))
             yield pb.StreamResponse(chars=pb.GeneratedChars(text="".join(text),
                                                             probabilities=probs))
         yield pb.StreamResponse(end=pb.GenerationEnd(generated=generated))
@@ -214,6 +218,13 @@ class InferenceRpcs:
                 f"{field} must be in [0, {loaded.vocab_size}] (the vocabulary size of "
                 f"{loaded.name} version {loaded.version}) (got {value})", field=field,
             )
+        return int(value)
+
+    @staticmethod
+    def _chars_per_message(value: int, field: str) -> int:
+        if not 1 <= value <= MAX_CHARS_PER_MESSAGE:
+            raise InvalidArgument(f"{field} must be in [1, {MAX_CHARS_PER_MESSAGE}] (got {value})",
+                                  field=field)
         return int(value)
 
     def _check_text(self, text: str, field: str) -> None:

@@ -127,9 +127,10 @@ class StreamSession:
         length: int,
         sampler: Sampler | None = None,
         should_stop: Callable[[], bool] = lambda: False,
-    ) -> Iterator[tuple[str, float]]:
-        """Sample up to ``length`` characters, feeding each back in; yields ``(char, prob)``
-        as soon as each is drawn.
+    ) -> Iterator[tuple[str, float, int]]:
+        """Sample up to ``length`` characters, feeding each back in; yields ``(char, prob,
+        ready)`` as soon as each is drawn, ``ready`` being how many more are already drawn
+        (the batch loop runs ahead of a slow reader; always 0 unbatched).
 
         ``should_stop()`` is polled after each character; when it fires (the call is over: the
         session is closing, the client cancelled or the server drains) the generation is
@@ -145,7 +146,7 @@ class StreamSession:
             for ids, p in generation:
                 if should_stop() or self.closed.is_set():
                     return
-                yield chars[ids[0]], float(p[0])
+                yield chars[ids[0]], float(p[0]), generation.ready()
                 self.position += 1
             finished = True
         finally:

@@ -358,12 +358,14 @@ class StreamFeed(_message.Message):
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
 class StreamGenerate(_message.Message):
-    __slots__ = ("length", "sampling")
+    __slots__ = ("length", "sampling", "max_chars_per_message")
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHARS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     length: int
     sampling: SamplingOptions
-    def __init__(self, length: _Optional[int] = ..., sampling: _Optional[_Union[SamplingOptions, _Mapping]] = ...) -> None: ...
+    max_chars_per_message: int
+    def __init__(self, length: _Optional[int] = ..., sampling: _Optional[_Union[SamplingOptions, _Mapping]] = ..., max_chars_per_message: _Optional[int] = ...) -> None: ...
 
 class StreamReset(_message.Message):
     __slots__ = ()

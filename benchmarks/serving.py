@@ -270,7 +270,7 @@ def calls_per_second(call: Callable[[], Any], clients: int, seconds: float) -> f
     return sum(done) / seconds
 
 
-async def _hold_idle_sessions(target: str, count: int, measure: Callable[[], int]) -> int:
+async def _hold_idle_sessions(target: str, count: int, measure: Callable[[], Any]) -> Any:
     """Open ``count`` sessions on one asyncio channel (no client thread per call), wait until
     each has its `opened` reply, call ``measure()`` while they are all open, then close them."""
     async with grpc.aio.insecure_channel(target) as channel:
@@ -383,9 +383,8 @@ def measure_idle_memory(store: Path, count: int) -> Result:
         asyncio.run(_hold_idle_sessions(server.target, 16, lambda: 0))  # warm-up
         before = server.status("VmRSS")
         threads_before = server.status("Threads")
-        during = asyncio.run(_hold_idle_sessions(
-            server.target, count, lambda: server.status("VmRSS")))
-        threads_during = None
+        during, threads_during = asyncio.run(_hold_idle_sessions(
+            server.target, count, lambda: (server.status("VmRSS"), server.status("Threads"))))
     finally:
         server.stop()
     added_mb = (during - before) / 1024

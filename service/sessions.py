@@ -76,7 +76,9 @@ class StreamSession:
         self.chars_per_message = chars_per_message
         self._stepper = stepper
         self.position = 0
-        self._state: LSTMState = loaded.model.zero_state(1)  # (L, 1, H)
+        # (L, 1, H); None stands for the zero state, allocated only when first stepped (an
+        # idle session then costs no state at all: many sessions sit idle).
+        self._state: LSTMState | None = None
         self._probs: np.ndarray | None = None  # (1, V) after the last character fed
         self.last_activity = time.monotonic()
         self.closed = threading.Event()
@@ -95,10 +97,13 @@ class StreamSession:
         with UNK_ID from the zero state. It is computed on demand and not kept, so text fed
         afterwards starts from the zero state, exactly like Predict with that text.
         """
-        if self._probs is not None:
+        if self._probs is not None and self._state is not None:
             return self._probs, self._state
         ids = np.array([Vocab.UNK_ID], dtype=np.int64)
-        return self._stepper.step(self.loaded.model, ids, self._state)
+        return self._stepper.step(self.loaded.model, ids, self._current_state())
+
+    def _current_state(self) -> LSTMState:
+        return self._state if self._state is not None else self.loaded.model.zero_state(1)
 
     def prediction(self) -> tuple[int, list[tuple[str, float]]]:
         """``(position, top next characters)`` for the current state."""
@@ -111,13 +116,14 @@ class StreamSession:
         """Advance the state through ``text``; returns :meth:`prediction` afterwards."""
         if text:
             ids = self.vocab.encode(text)[:, None]  # (T, 1)
-            self._probs, self._state = self._stepper.feed(self.loaded.model, ids, self._state)
+            self._probs, self._state = self._stepper.feed(self.loaded.model, ids,
+                                                          self._current_state())
             self.position += len(text)
         return self.prediction()
 
     def reset(self) -> tuple[int, list[tuple[str, float]]]:
         """Back to the zero state, as if nothing had been fed."""
-        self._state = self.loaded.model.zero_state(1)
+        self._state = None
         self._probs = None
         self.position = 0
         return self.prediction()
@@ -180,7 +186,7 @@ class RequestInbox:
     _ids = itertools.count(1)
 
     def __init__(self, requests: Iterator[Any]):
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # lighter than a Queue
         self._thread = threading.Thread(
             target=self._read, args=(requests,), name=f"stream-reader-{next(self._ids)}",
             daemon=True,

@@ -22,9 +22,10 @@ back. Participants still running go to the back of the FIFO (round robin: none i
 there are more rows than ``max_batch_size``). A generation that is more than ``max_ahead``
 characters ahead of its reader sits out until the reader catches up.
 
-Waiting: when fewer rows are ready than took part in the previous iteration (callers between
-two of their requests), the loop waits up to ``max_wait`` for them, never longer; generations
-are always ready, so a loop busy generating never waits.
+Waiting: when only new requests are queued, with fewer rows than took part in the previous
+iteration (callers between two of their requests), the loop waits up to ``max_wait`` for the
+others, never longer. A feed or generation in progress never waits: a new request joins the
+running ones at their next step.
 """
 
 from __future__ import annotations
@@ -212,9 +213,11 @@ class _ModelLoop:
                     return None
                 # Throttled generations are woken by their readers; the timeout is a backstop.
                 self._cond.wait(0.05 if self._fifo else owner.linger)
-            # Callers between two requests: give them up to max_wait to come back.
+            # Callers between two requests: give them up to max_wait to come back, but only
+            # when nothing in progress is waiting (a running feed or generation never waits).
             deadline = time.monotonic() + owner.max_wait
-            while ready < min(self._last_rows, owner.max_batch_size):
+            while (ready < min(self._last_rows, owner.max_batch_size)
+                   and not any(p.started for p in self._fifo)):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

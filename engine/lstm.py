@@ -384,6 +384,43 @@ def run_layers(
     return x, h_T, c_T
 
 
+def step_layers(
+    w: Params, ids: np.ndarray, h0: np.ndarray, c0: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One timestep for B streams: top-layer output (B, H) for inputs ``ids`` (B,) from state
+    h0, c0 (L, B, H), and the new state (h, c), each (L, B, H) and fresh.
+
+    The same equations as :func:`run_layers` with T = 1, written for the per-character
+    serving path: no window buffers, every temporary written in place, so a batch-1 step is
+    a few dozen small NumPy calls (their fixed cost, not the arithmetic, is most of its time).
+    """
+    L, H = w.L, w.H
+    B = ids.shape[0]
+    dt = w.flat.dtype
+    h = np.empty((L, B, H), dt)
+    c = np.empty((L, B, H), dt)
+    half = gate_scales(H, dt)
+    shift = 1.0 - half
+    z = np.empty((B, 4 * H), dt)
+    zh = np.empty((B, 4 * H), dt)
+    ig = np.empty((B, H), dt)
+    x = w.E[ids]  # (B, E)
+    for k in range(L):
+        np.matmul(x, w.W_x[k], out=z)
+        z += w.b_x[k] + w.b_h[k]  # the same order of additions as run_layers: equal results
+        np.matmul(h0[k], w.W_h[k], out=zh)
+        z += zh
+        gate_activations_(z, half, shift)  # [i f o g]
+        ck, hk = c[k], h[k]
+        np.multiply(z[:, H : 2 * H], c0[k], out=ck)
+        np.multiply(z[:, :H], z[:, 3 * H :], out=ig)
+        ck += ig  # c = f ⊙ c_prev + i ⊙ g
+        np.tanh(ck, out=hk)
+        hk *= z[:, 2 * H : 3 * H]  # h = o ⊙ tanh(c)
+        x = hk
+    return x, h, c
+
+
 def logits(w: Params, y: np.ndarray) -> np.ndarray:
     """Output layer: y (..., H) -> logits (..., V)."""
     return y @ w.W_y + w.b_y

@@ -293,7 +293,13 @@ class CharLSTM:
         state (``state`` itself is not modified).
         """
         ids = self._check_ids(ids, 1)
-        return self.feed(ids[None, :], state)
+        if ids.shape[0] < 1:
+            raise ConfigError("ids", f"ids must hold at least one stream (got shape {ids.shape})")
+        state = self._check_state(state, ids.shape[0])
+        w = self.params
+        y, h, c = lstm.step_layers(w, ids, state.h.astype(self.dtype, copy=False), state.c.astype(self.dtype, copy=False))
+        z = lstm.logits(w, y).astype(np.float64)  # (B, V)
+        return _softmax(z), LSTMState(h, c)
 
     def log_probs(self, ids: np.ndarray, state: LSTMState) -> tuple[np.ndarray, LSTMState]:
         """Log-probabilities of the next character after every position: ids (T, B) ->

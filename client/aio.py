@@ -34,7 +34,7 @@ from charlstm.client.channel import (
     DEFAULT_TARGET,
     Tls,
     auth_metadata,
-    channel_options,
+    prepare_target,
     open_aio_channel,
 )
 from charlstm.client.errors import DeadlineExceededError, error_for_code, from_rpc_error
@@ -331,9 +331,10 @@ class AsyncCharLstmClient:
         self.retry = retry
         self._metadata = auth_metadata(token)
         self._owns_channel = channel is None
-        self._channel = channel or open_aio_channel(
-            target, tls, channel_options(max_message_bytes, options)
-        )
+        if channel is None:
+            grpc_target, channel_args = prepare_target(target, max_message_bytes, options)
+            channel = open_aio_channel(grpc_target, tls, channel_args)
+        self._channel = channel
         self._stub = pb_grpc.CharLstmStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -59,6 +59,12 @@ class ServerConfig:
     log_format: str = "text"
     model_cache_size: int = 8
     grace_period: float = 15.0
+    refresh_seconds: float = 2.0
+    max_connection_age: float = 0.0  # 0: connections live for ever
+    max_connection_age_grace: float = 30.0
+    shared_store: bool = False
+    lease_seconds: float = 15.0
+    replica_id: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,6 +88,13 @@ class ServerConfig:
         if not self.idle_timeout > 0:
             raise ValueError(f"idle_timeout must be > 0 seconds (got {self.idle_timeout})")
         at_least("grace_period", 0)
+        at_least("refresh_seconds", 0)
+        at_least("max_connection_age", 0)
+        at_least("max_connection_age_grace", 0)
+        if not self.lease_seconds >= 1:
+            raise ValueError(f"lease_seconds must be >= 1 (got {self.lease_seconds})")
+        if self.replica_id is not None and not self.replica_id:
+            self.replica_id = None
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.log_format not in ("text", "json"):
@@ -98,6 +111,20 @@ class ServerConfig:
         """Threads for the gRPC server: ``max_workers``, or enough for every stream plus
         some for unary calls when ``max_workers`` is 0."""
         return self.max_workers or self.max_streams + _UNARY_THREADS
+
+    @property
+    def store_is_shared(self) -> bool:
+        """True when other replicas may use the store: ``--shared-store``, or any store that is
+        not a local directory (``s3://...``)."""
+        scheme, sep, _ = self.store.partition("://")
+        return self.shared_store or bool(sep and scheme != "file")
+
+    @property
+    def effective_refresh_seconds(self) -> float:
+        """``refresh_seconds`` on a shared store. A store only this process writes to is read
+        on every request (0): cheap on a local directory, and a version saved by a tool beside
+        the server serves at once, as it always did."""
+        return self.refresh_seconds if self.store_is_shared else 0.0
 
     @property
     def metrics_enabled(self) -> bool:
@@ -123,6 +150,16 @@ def _port_or_off(text: str) -> int:
     if text.strip().lower() in ("off", "none", "disabled"):
         return -1
     return int(text)
+
+
+def _flag(text: str) -> bool:
+    """A boolean flag's value: ``--flag`` alone, or 1/0, true/false, yes/no, on/off."""
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
 
 
 def _size(text: str) -> int:
@@ -157,6 +194,17 @@ _HELP: dict[str, str] = {
     "log_format": "text (key=value) or json, one line per event",
     "model_cache_size": "model versions kept loaded in memory (least recently used go first)",
     "grace_period": "seconds in-flight calls and running jobs get to finish on SIGTERM/SIGINT",
+    "refresh_seconds": "seconds a resolved 'latest' or label is reused before the store is read "
+    "again: a version written by another replica serves here within this time (0: every request)",
+    "max_connection_age": "seconds after which a client connection is asked to reconnect "
+    "(GOAWAY), so that load balancing reaches new replicas (0: never)",
+    "max_connection_age_grace": "seconds calls in flight (Stream sessions) keep a connection "
+    "past --max-connection-age",
+    "shared_store": "several replicas share this store: job records, corpora and job leases "
+    "are kept in the store, so every replica lists the same jobs and each job runs on one",
+    "lease_seconds": "with --shared-store: a running job's lease expires this long after its "
+    "replica stopped renewing it (renewed every third of it); the job is then reported failed",
+    "replica_id": "this replica's name in job leases (default: host name and process id)",
 }
 
 _TYPES: dict[str, Callable[[str], Any]] = {
@@ -185,6 +233,8 @@ def add_serve_arguments(
         default = f.default
         if f.name in _TYPES:
             convert = _TYPES[f.name]
+        elif isinstance(default, bool):
+            convert = _flag
         elif isinstance(default, int):
             convert = int
         elif isinstance(default, float):
@@ -204,6 +254,8 @@ def add_serve_arguments(
             flag,
             dest=f.name,
             type=convert,
+            # A boolean flag alone means true (`--shared-store`); a value may follow.
+            **({"nargs": "?", "const": True} if convert is _flag else {}),
             default=default,
             choices=_CHOICES.get(f.name),
             metavar=f.name.upper(),

@@ -45,7 +45,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import errors, training_worker
 from .corpora import CorpusStore, atomic_write_bytes
@@ -254,6 +254,7 @@ class JobManager:
         self._scheduler: threading.Thread | None = None
         self._lock_file: int | None = None
         self._read_only = False
+        self.on_checkpoint: Callable[[str], None] | None = None  # called with the model name
         self._started = False
         self._stopping = False
 
@@ -573,6 +574,8 @@ class JobManager:
         if val_loss is not None and (job.best_val_loss is None or val_loss < job.best_val_loss):
             job.best_version, job.best_val_loss = version, float(val_loss)
         self._persist(job)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(job.model)
         log_event(log, "job_checkpoint", job_id=job.id, model=job.model, version=version,
                   step=entry["step"])
         self._publish(job, "checkpoint", version=version, step=entry["step"], val_loss=val_loss)

@@ -53,7 +53,9 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
         )
         self.stepper = stepper if stepper is not None else Stepper()
         self.models = ModelCache(self.store, capacity=config.model_cache_size,
-                                 metrics=self.metrics)
+                                 metrics=self.metrics, refresh_seconds=config.effective_refresh_seconds)
+        # A checkpoint written by this server's own jobs serves at once, without a refresh.
+        self.jobs.on_checkpoint = self.models.forget
         self.sessions = SessionRegistry(
             max_sessions=config.max_streams, idle_timeout=config.idle_timeout,
             stepper=self.stepper, metrics=self.metrics,

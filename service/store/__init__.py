@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import os
 
-from .base import Checkpoint, CheckpointStore, TrainingState, VersionInfo
+from .base import Checkpoint, CheckpointStore, Record, TrainingState, VersionInfo
 from .errors import (
     CorruptCheckpoint,
     InvalidName,
     LabelInUse,
     LabelNotFound,
     ModelNotFound,
+    RecordConflict,
     StoreError,
     StoreInputError,
     StoreWriteError,
     VersionNotFound,
 )
 from .local import LocalStore
-from .names import validate_label, validate_name
+from .names import validate_label, validate_name, validate_record_key
 
 __all__ = [
     "Checkpoint",
@@ -34,6 +35,8 @@ __all__ = [
     "LabelNotFound",
     "LocalStore",
     "ModelNotFound",
+    "Record",
+    "RecordConflict",
     "StoreError",
     "StoreInputError",
     "StoreWriteError",
@@ -43,6 +46,7 @@ __all__ = [
     "open_store",
     "validate_label",
     "validate_name",
+    "validate_record_key",
 ]
 
 

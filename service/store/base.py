@@ -10,6 +10,7 @@ behind it unchanged. The layout every backend uses, relative to its root::
                                      /deleted.json               tombstone of a deleted version
     models/<name>/latest.json                                    {"version": N}, moved after a save
     models/<name>/labels/<label>.json                            {"version": N}
+    records/<key>                                                small shared records (see below)
 
 Rules every backend keeps:
 
@@ -37,6 +38,14 @@ import numpy as np
 from . import retention
 from .errors import LabelInUse, StoreInputError, VersionNotFound
 from .names import LATEST, validate_label
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record's content and the etag naming that content (for compare-and-swap)."""
+
+    data: bytes
+    etag: str                        # opaque; changes whenever the content changes
 
 
 @dataclass
@@ -144,6 +153,35 @@ class CheckpointStore(abc.ABC):
         """Delete one version, or with ``version=None`` the whole model with its labels; return
         the deleted version numbers. A labelled version raises :class:`LabelInUse`. Deleting the
         last remaining version deletes the model."""
+
+    # --- Records --------------------------------------------------------------------------------
+    # Small keyed blobs the service shares between processes and replicas (job records, leases,
+    # corpora), with conditional writes so that two writers cannot both win. Keys are
+    # '/'-separated segments of [A-Za-z0-9._-] (``names.validate_record_key``); a record's etag
+    # changes whenever its content does (writing identical bytes may keep it, as on S3).
+
+    @abc.abstractmethod
+    def get_record(self, key: str) -> Record | None:
+        """The record under ``key``, or None if there is none."""
+
+    @abc.abstractmethod
+    def put_record(self, key: str, data: bytes, *, if_match: str | None = None,
+                   if_absent: bool = False) -> str:
+        """Store ``data`` under ``key`` atomically and return its new etag.
+
+        ``if_match``: only if the record's current etag is this one; ``if_absent``: only if there
+        is no record. When the condition fails, :class:`RecordConflict` is raised and nothing is
+        written. Readers see the old or the new content, never a mix.
+        """
+
+    @abc.abstractmethod
+    def delete_record(self, key: str, *, if_match: str | None = None) -> None:
+        """Remove the record under ``key`` (nothing happens if there is none). With ``if_match``,
+        only if its current etag is that one, else :class:`RecordConflict`."""
+
+    @abc.abstractmethod
+    def list_records(self, prefix: str) -> list[str]:
+        """Every key starting with ``prefix`` (``""``: all), sorted."""
 
     def apply_retention(self, model: str, keep_last: int) -> list[int]:
         """Delete every version except the ``keep_last`` newest, the labelled ones and the one

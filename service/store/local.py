@@ -7,6 +7,8 @@ Layout under the root (the store owns ``<root>/models/`` and nothing else in ``<
     models/<name>/versions/<NNNNNNNN>/...  see base.py
     models/<name>/latest.json
     models/<name>/labels/<label>.json
+    records/...                            the records API (see local_records.py); created on
+                                           the first write
 
 A save writes and fsyncs every file of the version into a fresh folder under ``.tmp``, then,
 holding the model's lock, writes the manifest and renames the folder onto the next number; a
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import codec, files
-from .base import Checkpoint, CheckpointStore, TrainingState, VersionInfo, parse_ref
+from .base import Checkpoint, CheckpointStore, Record, TrainingState, VersionInfo, parse_ref
 from .codec import METADATA_FILE, TRAINING_META_FILE, TRAINING_TENSORS_FILE, WEIGHTS_FILE
 from .errors import (
     CorruptCheckpoint,
@@ -42,6 +44,7 @@ from .errors import (
     StoreWriteError,
     VersionNotFound,
 )
+from .local_records import LocalRecords
 from .names import check_no_case_clash, validate_label, validate_name
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,7 @@ class LocalStore(CheckpointStore):
         except OSError as exc:
             raise StoreWriteError(f"cannot create the checkpoint store at {self.root}: {exc}") from exc
         self._recover()
+        self._records = LocalRecords(self.root / "records")
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -512,6 +516,21 @@ class LocalStore(CheckpointStore):
                 purged = True
         if purged:
             files.fsync_dir(self._versions_dir(model))
+
+    # --- Records ----------------------------------------------------------------------------------
+
+    def get_record(self, key: str) -> Record | None:
+        return self._records.get(key)
+
+    def put_record(self, key: str, data: bytes, *, if_match: str | None = None,
+                   if_absent: bool = False) -> str:
+        return self._records.put(key, data, if_match=if_match, if_absent=if_absent)
+
+    def delete_record(self, key: str, *, if_match: str | None = None) -> None:
+        self._records.delete(key, if_match=if_match)
+
+    def list_records(self, prefix: str) -> list[str]:
+        return self._records.list(prefix)
 
     # --- Recovery ---------------------------------------------------------------------------------
 

@@ -101,6 +101,7 @@ class Job:
     best_val_loss: float | None = None
     outcome: dict | None = None  # the final event's fields
     worker_pid: int | None = None
+    replica: str = ""  # with replicas sharing a store: the one that runs or last ran the job
 
     @property
     def resume_point(self) -> int:
@@ -266,7 +267,6 @@ class JobManager:
             if self._started:
                 return
             self._started = True
-            self.state_dir.mkdir(parents=True, exist_ok=True)
             self._read_only = not self._take_lock()
             for job in self._load_records():
                 self._jobs[job.id] = job
@@ -425,10 +425,13 @@ class JobManager:
                 if self._stopping:
                     return
                 job = self._next_to_start()
+                if not self._claim(job):
+                    continue
                 try:
                     spec = self._worker_spec(job)
                 except errors.ServiceError as exc:  # its corpus has gone from the store
                     self._fail(job, exc.message)
+                    self._run_ended(job)
                     continue
                 run = _Run(job.id, self._ctx.Value("i", training_worker.RUN))
                 self._runs[job.id] = run
@@ -441,6 +444,14 @@ class JobManager:
                 self._changed.notify_all()
             # Outside the lock: starting a process takes a while and RPCs must not wait on it.
             self._launch(run, spec)
+
+    def _claim(self, job: Job) -> bool:
+        """Make ``job`` this process's to run (lock held); False if another process has it.
+        One manager per store needs no claim (see ``shared_jobs`` for replicas)."""
+        return True
+
+    def _run_ended(self, job: Job) -> None:
+        """A run of ``job`` here is over, its record written (lock held)."""
 
     def _next_to_start(self) -> Job | None:
         if len(self._runs) >= self.max_jobs:
@@ -477,6 +488,7 @@ class JobManager:
             with self._lock:
                 del self._runs[run.job_id]
                 self._fail(self._jobs[run.job_id], f"could not start a training worker: {exc}")
+                self._run_ended(self._jobs[run.job_id])
                 self._changed.notify_all()
             return
         # Our copy of the sending end must go, so that the reader sees EOF when the worker dies.
@@ -514,6 +526,7 @@ class JobManager:
             if run.final is None:
                 self._on_worker_lost(job, exitcode)
             del self._runs[run.job_id]
+            self._run_ended(job)
             self._clear_job_metrics(job.id)
             self._update_job_gauges()
             self._changed.notify_all()
@@ -725,6 +738,7 @@ class JobManager:
         return max(mine, default=0)
 
     def _take_lock(self) -> bool:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

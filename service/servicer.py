@@ -6,6 +6,9 @@ this class only builds the shared parts they use from the server's configuration
 
 from __future__ import annotations
 
+import os
+import socket
+import tempfile
 from pathlib import Path
 
 from charlstm.service.config import ServerConfig
@@ -18,6 +21,7 @@ from charlstm.service.rpc_inference import InferenceRpcs
 from charlstm.service.rpc_models import ModelRpcs
 from charlstm.service.rpc_training import TrainingRpcs
 from charlstm.service.sessions import SessionRegistry
+from charlstm.service.shared_jobs import SharedCorpusStore, SharedJobManager
 from charlstm.service.store import CheckpointStore, open_store
 from charlstm.v1 import charlstm_pb2_grpc
 
@@ -45,12 +49,16 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.store = store if store is not None else open_store(config.store)
-        root = Path(config.store)
-        self.corpora = CorpusStore(root / "corpora", max_bytes=config.max_corpus_bytes)
-        self.jobs = JobManager(
-            self.store, self.corpora, state_dir=root / "jobs", max_jobs=config.max_jobs,
-            max_queued=config.max_queued_jobs, metrics=self.metrics, store_location=config.store,
-        )
+        if config.store_is_shared:
+            self.corpora, self.jobs = _shared_jobs(config, self.store, self.metrics)
+        else:
+            root = Path(config.store)
+            self.corpora = CorpusStore(root / "corpora", max_bytes=config.max_corpus_bytes)
+            self.jobs = JobManager(
+                self.store, self.corpora, state_dir=root / "jobs", max_jobs=config.max_jobs,
+                max_queued=config.max_queued_jobs, metrics=self.metrics,
+                store_location=config.store,
+            )
         self.stepper = stepper if stepper is not None else Stepper()
         self.models = ModelCache(self.store, capacity=config.model_cache_size,
                                  metrics=self.metrics, refresh_seconds=config.effective_refresh_seconds)
@@ -76,3 +84,22 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
     def shutdown_jobs(self, grace_seconds: float) -> None:
         """Stop running jobs with a checkpoint so the next start resumes them."""
         self.jobs.shutdown(grace_seconds)
+
+
+def _shared_jobs(config: ServerConfig, store: CheckpointStore,
+                 metrics: Metrics) -> tuple[SharedCorpusStore, SharedJobManager]:
+    """Corpora and jobs kept in the store's records, for replicas sharing the store."""
+    replica = config.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    scheme, sep, _ = config.store.partition("://")
+    if sep and scheme != "file":
+        # No local store directory: the corpora the workers read are cached in a temp dir.
+        cache = Path(tempfile.gettempdir()) / f"charlstm-{replica}" / "corpora"
+    else:
+        cache = Path(config.store.removeprefix("file://")) / "corpora"
+    corpora = SharedCorpusStore(store, cache, max_bytes=config.max_corpus_bytes)
+    jobs = SharedJobManager(
+        store, corpora, replica_id=replica, lease_seconds=config.lease_seconds,
+        sync_seconds=config.refresh_seconds, max_jobs=config.max_jobs,
+        max_queued=config.max_queued_jobs, metrics=metrics, store_location=config.store,
+    )
+    return corpora, jobs

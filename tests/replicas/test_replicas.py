@@ -1,0 +1,203 @@
+"""Three replicas on one store (issue 10, "what it must show" #2).
+
+Replicas A, B and C run as real processes with ``--shared-store`` on one store. The test shows:
+
+- a corpus uploaded to B trains through A, and B and C list and watch that job;
+- a version landing on the store serves from B and C within the refresh bound (measured);
+- SIGKILL of A in the middle of a job: the job ends reported FAILED (resumable) by a surviving
+  replica once A's lease expires, no replica starts it again on its own, A's orphaned worker
+  stops, and resuming it on B works;
+- a round_robin client calling idempotent RPCs over A, B and C all along sees no error;
+- a Stream session opened with ``reopen_streams`` survives the SIGKILL of its replica.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+from charlstm.client import CharLstmClient
+from charlstm.client.retry import RetryPolicy
+from charlstm.service.store import open_store
+from charlstm.v1 import charlstm_pb2 as pb
+from replica_processes import (
+    CORPUS,
+    LEASE_SECONDS,
+    REFRESH_SECONDS,
+    Replica,
+    tiny_hyperparameters,
+    wait_for,
+)
+
+# What the issue asks for: a new version serves from every replica within 2 s.
+PROPAGATION_BOUND = 2.0
+
+
+def _store_location(tmp_path: Path) -> str:
+    return str(tmp_path / "store")
+
+
+def _latest_version(replica: Replica, model: str) -> int:
+    try:
+        return replica.stub.Predict(pb.PredictRequest(model=pb.ModelRef(name=model), inputs=["t"]),
+                                    timeout=5).version
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return 0
+        raise
+
+
+def _train_and_wait(replica: Replica, request: pb.TrainRequest) -> tuple[str, list]:
+    events = list(replica.stub.Train(request, timeout=120))
+    assert events[-1].WhichOneof("event") == "succeeded", events[-1]
+    return events[0].accepted.job.id, events
+
+
+class _Caller(threading.Thread):
+    """Calls idempotent RPCs over every replica (round_robin) in a loop, counting errors."""
+
+    def __init__(self, target: str, model: str, job_id: str):
+        super().__init__(daemon=True)
+        self.client = CharLstmClient(target, timeout=10,
+                                     retry=RetryPolicy(max_attempts=5, initial_backoff=0.05))
+        self.model, self.job_id = model, job_id
+        self.calls = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        actions = (lambda: self.client.predict(self.model, "the q", length=4, seed=1),
+                   lambda: self.client.get_model(self.model),
+                   lambda: self.client.get_job(self.job_id),
+                   lambda: self.client.list_jobs())
+        while not self.stop.is_set():
+            for action in actions:
+                try:
+                    action()
+                except Exception as error:  # noqa: BLE001 - every error is a failure
+                    self.errors.append(repr(error))
+                self.calls += 1
+            time.sleep(0.01)
+        self.client.close()
+
+
+def _active_streams(replica: Replica) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics",
+                                timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("charlstm_active_streams "):
+                return float(line.split()[1])
+    raise AssertionError("no charlstm_active_streams metric")
+
+
+def test_three_replicas_share_models_jobs_and_survive_a_sigkill(tmp_path: Path) -> None:
+    location = _store_location(tmp_path)
+    names = ("a", "b", "c")
+    replicas: dict[str, Replica] = {}
+    try:
+        for name in names:
+            replicas[name] = Replica(location, name, "--metrics-port", "0")
+        a, b, c = (replicas[n] for n in names)
+
+        # A corpus uploaded to B trains through A; B and C list the job and watch it end.
+        corpus = b.stub.UploadCorpus(iter([pb.CorpusChunk(data=CORPUS.encode())]), timeout=30)
+        job_id, events = _train_and_wait(a, pb.TrainRequest(
+            model="shared", corpus_id=corpus.id, hyperparameters=tiny_hyperparameters(steps=60)))
+        first_version = events[-1].succeeded.version
+        for other in (b, c):
+            wait_for(lambda: other.stub.GetJob(pb.GetJobRequest(job_id=job_id)).state
+                     == pb.JOB_STATE_SUCCEEDED, timeout=10, what="the job's record on B and C")
+            watched = list(other.stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=10))
+            assert watched[-1].WhichOneof("event") == "succeeded"
+            assert _latest_version(other, "shared") == first_version  # now cached as latest
+
+        # A new version lands through A: B and C serve it within the bound.
+        stream = a.stub.Train(pb.TrainRequest(
+            model="shared", corpus_id=corpus.id, resume_from_version=first_version,
+            hyperparameters=tiny_hyperparameters(steps=120)), timeout=120)
+        landed = None
+        for event in stream:
+            if event.WhichOneof("event") == "checkpoint" and landed is None:
+                landed, new_version = time.monotonic(), event.checkpoint.version
+        assert landed is not None and new_version > first_version
+        delays = []
+        for other in (b, c):
+            wait_for(lambda: _latest_version(other, "shared") >= new_version,
+                     timeout=PROPAGATION_BOUND + 3, what="the new version on B and C")
+            delays.append(time.monotonic() - landed)
+        print(f"\nversion {new_version} served by B and C {max(delays):.2f} s after it landed "
+              f"(refresh {REFRESH_SECONDS} s)")
+        assert max(delays) < PROPAGATION_BOUND
+
+        # A long job through A, then SIGKILL of A while a round_robin client calls everyone.
+        long_job = a.stub.Train(pb.TrainRequest(
+            model="longrun", corpus_id=corpus.id,
+            hyperparameters=tiny_hyperparameters(steps=1_000_000, checkpoint_every=40)),
+            timeout=120)
+        long_id = next(long_job).accepted.job.id
+        checkpoint = next(e for e in long_job if e.WhichOneof("event") == "checkpoint")
+        assert [e["job_id"] for e in a.events("job_claimed")].count(long_id) == 1
+        caller = _Caller(",".join(r.address for r in replicas.values()), "shared", job_id)
+        caller.start()
+        time.sleep(0.5)
+        record = json.loads(open_store(location).get_record(f"jobs/{long_id}").data)
+        worker_pid = record["worker_pid"]
+        killed = time.monotonic()
+        a.kill()
+
+        # Reported by a survivor once the lease has expired: FAILED, resumable, never rerun.
+        failed = wait_for(lambda: (j := b.stub.GetJob(pb.GetJobRequest(job_id=long_id)))
+                          .state == pb.JOB_STATE_FAILED and j, timeout=LEASE_SECONDS + 10,
+                          what="the job reported failed")
+        reported_after = time.monotonic() - killed
+        assert "stopped renewing its lease" in failed.error and failed.resumable
+        assert failed.last_version >= checkpoint.checkpoint.version
+        wait_for(lambda: c.stub.GetJob(pb.GetJobRequest(job_id=long_id)).state
+                 == pb.JOB_STATE_FAILED, timeout=5, what="C to see the failure")
+        for other in (b, c):
+            assert long_id not in [e["job_id"] for e in other.events("job_started")]
+        wait_for(lambda: not Path(f"/proc/{worker_pid}").exists()
+                 or " Z " in Path(f"/proc/{worker_pid}/stat").read_text(),
+                 timeout=10, what="A's orphaned worker to stop")
+        time.sleep(1.0)
+        caller.stop.set()
+        caller.join(30)
+        print(f"job reported failed {reported_after:.1f} s after the SIGKILL "
+              f"(lease {LEASE_SECONDS} s); {caller.calls} idempotent calls over the kill, "
+              f"{len(caller.errors)} errors")
+        assert caller.errors == []
+        assert caller.calls > 20
+
+        # Resuming it through B continues from the last checkpoint, on one replica.
+        resumed_id, resumed = _train_and_wait(b, pb.TrainRequest(
+            model="longrun", resume_from_version=failed.last_version,
+            hyperparameters=tiny_hyperparameters(steps=failed.progress.step + 80,
+                                                 checkpoint_every=40)))
+        assert resumed[-1].succeeded.version > failed.last_version
+
+        # A Stream session survives the SIGKILL of its replica when asked to.
+        with CharLstmClient(f"{b.address},{c.address}", timeout=10,
+                            reopen_streams=True) as client:
+            session = client.stream("shared", version=new_version)
+            session.feed("the quick brown")
+            host = wait_for(lambda: next((r for r in (b, c) if _active_streams(r) == 1), None),
+                            timeout=5, what="the replica holding the session")
+            survivor = c if host is b else b
+            host.kill()
+            after = session.feed(" fox")
+            assert session.reopened == 1
+            with CharLstmClient(survivor.address, timeout=10) as direct:
+                fresh = direct.stream("shared", version=new_version, prefix="the quick brown fox")
+                assert after == fresh.next
+                fresh.close()
+            assert len("".join(session.generate(10))) == 10
+            session.close()
+    finally:
+        for replica in replicas.values():
+            replica.kill()

@@ -94,7 +94,7 @@ class Replica:
         self.channel.close()
 
     def stop(self) -> None:
-        """SIGTERM and wait for the drain."""
+        """SIGTERM and wait for the drain (the channel stays open: calls may still be read)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -102,7 +102,6 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.channel.close()
 
 
 def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "condition",

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from charlstm.client import CharLstmClient
+from charlstm.client import CharLstmClient, UnavailableError
 from charlstm.client.retry import RetryPolicy
 from charlstm.service.store import open_store
 from charlstm.v1 import charlstm_pb2 as pb
@@ -189,7 +189,11 @@ def test_three_replicas_share_models_jobs_and_survive_a_sigkill(tmp_path: Path) 
             host = wait_for(lambda: next((r for r in (b, c) if _active_streams(r) == 1), None),
                             timeout=5, what="the replica holding the session")
             survivor = c if host is b else b
+            plain = CharLstmClient(host.address, timeout=10).stream("shared", version=new_version)
+            plain.feed("the")
             host.kill()
+            with pytest.raises(UnavailableError):  # reopening is off by default
+                plain.feed(" quick")
             after = session.feed(" fox")
             assert session.reopened == 1
             with CharLstmClient(survivor.address, timeout=10) as direct:
@@ -201,3 +205,44 @@ def test_three_replicas_share_models_jobs_and_survive_a_sigkill(tmp_path: Path) 
     finally:
         for replica in replicas.values():
             replica.kill()
+
+
+def test_cancel_through_another_replica_and_hand_over_on_shutdown(tmp_path: Path) -> None:
+    """CancelJob on a replica that does not run the job stops it where it runs; a replica
+    stopped with SIGTERM checkpoints its job and another replica continues it to the end."""
+    location = _store_location(tmp_path)
+    a, b = Replica(location, "a"), Replica(location, "b")
+    try:
+        def long_job(model: str, steps: int):
+            call = a.stub.Train(pb.TrainRequest(
+                model=model, text=CORPUS,
+                hyperparameters=tiny_hyperparameters(steps=steps, checkpoint_every=40)),
+                timeout=120)
+            job_id = next(call).accepted.job.id
+            next(e for e in call if e.WhichOneof("event") == "checkpoint")
+            return call, job_id
+
+        call, job_id = long_job("cancelled", 1_000_000)
+        wait_for(lambda: b.stub.GetJob(pb.GetJobRequest(job_id=job_id)).state
+                 == pb.JOB_STATE_RUNNING, timeout=10, what="B to see the job running")
+        cancelled = b.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=30)
+        assert cancelled.state == pb.JOB_STATE_CANCELLED
+        assert [e.WhichOneof("event") for e in call][-1] == "cancelled"  # A's stream ends too
+
+        # A job that outlives A's drain (its worker trains at most ~1000 steps/s).
+        call, job_id = long_job("handed-over", 1_500)
+        watch = b.stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=120)
+        a.stop()
+        with pytest.raises(grpc.RpcError) as stopped:  # A's own stream ends with A
+            list(call)
+        assert stopped.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "on another replica" in stopped.value.details()
+        events = [e.WhichOneof("event") for e in watch]
+        assert events[-1] == "succeeded", events  # followed on B to the end
+        job = b.stub.GetJob(pb.GetJobRequest(job_id=job_id))
+        assert job.state == pb.JOB_STATE_SUCCEEDED and job.resumed_from_version > 0
+        assert [e["job_id"] for e in b.events("job_claimed")] == [job_id]
+        assert [e["job_id"] for e in a.events("job_claimed")].count(job_id) == 1
+    finally:
+        a.kill()
+        b.kill()

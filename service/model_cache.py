@@ -9,8 +9,9 @@ object storage), so a resolution is reused for ``refresh_seconds`` (``--refresh-
 then read again: a version written by another replica on the same store becomes servable here
 within that time. Changes made through this process (its own jobs' checkpoints, SetLabel,
 DeleteModel) call :meth:`ModelCache.forget` and are seen by the next request. A reference
-that does not resolve is never remembered, and a remembered version that has since been
-deleted is resolved again at once. ``refresh_seconds`` 0 resolves on every request.
+that does not resolve is never remembered; a remembered version deleted by another replica
+serves from memory until the period ends if it is loaded, and is resolved again at once if it
+is not. ``refresh_seconds`` 0 resolves on every request.
 """
 
 from __future__ import annotations

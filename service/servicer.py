@@ -44,7 +44,7 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
     ):
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
-        self.store = store if store is not None else open_store(config.store)
+        self.store = store if store is not None else open_store(config.store, config.s3_settings())
         root = Path(config.store)
         self.corpora = CorpusStore(root / "corpora", max_bytes=config.max_corpus_bytes)
         self.jobs = JobManager(

@@ -25,6 +25,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from charlstm.service.store import S3Settings
+from charlstm.service.store.s3 import parse_bool
+
 __all__ = ["ServerConfig", "add_serve_arguments", "ENV_PREFIX"]
 
 ENV_PREFIX = "CHARLSTM_"
@@ -65,6 +68,12 @@ class ServerConfig:
     shared_store: bool = False
     lease_seconds: float = 15.0
     replica_id: str | None = None
+    # Object storage (--store s3://BUCKET/PREFIX); unset: boto3's AWS_* environment variables.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_single_writer: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,6 +114,16 @@ class ServerConfig:
             )
         if self.token is not None and not self.token:
             self.token = None
+        if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
+            raise ValueError("s3_endpoint_url must start with http:// or https:// "
+                             f"(got {self.s3_endpoint_url!r})")
+
+    def s3_settings(self) -> S3Settings:
+        """How to reach an ``s3://`` store (ignored for a directory store)."""
+        return S3Settings(endpoint_url=self.s3_endpoint_url or None, region=self.s3_region or None,
+                          access_key_id=self.s3_access_key_id or None,
+                          secret_access_key=self.s3_secret_access_key or None,
+                          single_writer=self.s3_single_writer)
 
     @property
     def thread_pool_size(self) -> int:
@@ -174,7 +193,8 @@ def _size(text: str) -> int:
 _HELP: dict[str, str] = {
     "host": "interface to listen on (0.0.0.0: all IPv4; :: for IPv6; 127.0.0.1: local only)",
     "port": "gRPC port (0: a free port)",
-    "store": "directory holding models, corpora and job records",
+    "store": "directory holding models, corpora and job records, or s3://BUCKET/PREFIX for "
+    "S3-compatible object storage shared by several servers",
     "max_workers": "RPC thread-pool size (0: max-streams + 16)",
     "max_jobs": "training jobs running at once; the rest queue",
     "max_queued_jobs": "training jobs waiting at once; more get RESOURCE_EXHAUSTED",
@@ -205,6 +225,14 @@ _HELP: dict[str, str] = {
     "lease_seconds": "with --shared-store: a running job's lease expires this long after its "
     "replica stopped renewing it (renewed every third of it); the job is then reported failed",
     "replica_id": "this replica's name in job leases (default: host name and process id)",
+    "s3_endpoint_url": "URL of an S3-compatible server, e.g. http://127.0.0.1:8333 (unset: "
+    "AWS_ENDPOINT_URL, else AWS S3)",
+    "s3_region": "region of the bucket (unset: AWS_REGION / AWS_DEFAULT_REGION)",
+    "s3_access_key_id": "access key for the object store (unset: AWS_ACCESS_KEY_ID or ~/.aws)",
+    "s3_secret_access_key": "secret key for the object store (unset: AWS_SECRET_ACCESS_KEY or "
+    "~/.aws); prefer the environment variable, command lines are visible to other users",
+    "s3_single_writer": "true: accept an object store that ignores conditional writes, "
+    "promising that this is the only process writing to it (otherwise it is refused)",
 }
 
 _TYPES: dict[str, Callable[[str], Any]] = {
@@ -213,6 +241,7 @@ _TYPES: dict[str, Callable[[str], Any]] = {
     "max_corpus_bytes": _size,
     "log_level": lambda text: text.strip().upper(),
     "log_format": lambda text: text.strip().lower(),
+    "s3_single_writer": parse_bool,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -248,7 +277,7 @@ def add_serve_arguments(
                 parser.error(f"environment variable {env_name}={env[env_name]!r} is not valid "
                              f"for {flag}")
         shown = "unset" if default is None else default
-        if f.name == "token" and default is not None:
+        if f.name in ("token", "s3_secret_access_key") and default is not None:
             shown = "set from the environment"  # never print the secret
         parser.add_argument(
             flag,

@@ -470,6 +470,7 @@ class JobManager:
             hyperparameters=job.hyperparameters.to_dict(),
             resume_from_version=job.resume_from,
             parent_pid=os.getpid(),
+            store_settings=getattr(self.store, "settings", None),
         )
 
     def _launch(self, run: _Run, spec: training_worker.WorkerSpec) -> None:

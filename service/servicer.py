@@ -48,7 +48,7 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
     ):
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
-        self.store = store if store is not None else open_store(config.store)
+        self.store = store if store is not None else open_store(config.store, config.s3_settings())
         if config.store_is_shared:
             self.corpora, self.jobs = _shared_jobs(config, self.store, self.metrics)
         else:

@@ -95,6 +95,23 @@ def parse_ref(ref: int | str | None) -> Ref:
                           f"or a label name (got {type(ref).__name__})")
 
 
+def check_version_argument(version: object) -> int:
+    """A version number argument as an int, or StoreInputError if it is not an integer."""
+    if not isinstance(version, numbers.Integral) or isinstance(version, bool):
+        raise StoreInputError("version", "version must be an integer >= 1 "
+                              f"(got {type(version).__name__})")
+    return int(version)
+
+
+def summarise_versions(versions: list[int]) -> str:
+    """"1, 2, 3", or "1..40 (37 in all)" for long lists, for error messages."""
+    if not versions:
+        return "none"
+    if len(versions) <= 6:
+        return ", ".join(map(str, versions))
+    return f"{versions[0]}..{versions[-1]} ({len(versions)} in all)"
+
+
 class CheckpointStore(abc.ABC):
     """Versioned, verified, pickle-free storage of named models.
 
@@ -171,7 +188,9 @@ class CheckpointStore(abc.ABC):
 
         ``if_match``: only if the record's current etag is this one; ``if_absent``: only if there
         is no record. When the condition fails, :class:`RecordConflict` is raised and nothing is
-        written. Readers see the old or the new content, never a mix.
+        written. Readers see the old or the new content, never a mix. (On object storage a write
+        whose answer was lost and that the client library retried can report a conflict although
+        it landed: after a conflict, read the record to see where things stand.)
         """
 
     @abc.abstractmethod

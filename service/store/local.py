@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import numbers
 import os
 import time
 from pathlib import Path
@@ -31,7 +30,16 @@ from pathlib import Path
 import numpy as np
 
 from . import codec, files
-from .base import Checkpoint, CheckpointStore, Record, TrainingState, VersionInfo, parse_ref
+from .base import (
+    Checkpoint,
+    CheckpointStore,
+    Record,
+    TrainingState,
+    VersionInfo,
+    check_version_argument,
+    parse_ref,
+    summarise_versions,
+)
 from .codec import METADATA_FILE, TRAINING_META_FILE, TRAINING_TENSORS_FILE, WEIGHTS_FILE
 from .errors import (
     CorruptCheckpoint,
@@ -64,13 +72,6 @@ def _is_valid_name(name: str) -> bool:
     except InvalidName:
         return False
     return True
-
-
-def _check_version_argument(version: object) -> int:
-    if not isinstance(version, numbers.Integral) or isinstance(version, bool):
-        raise StoreInputError("version", "version must be an integer >= 1 "
-                              f"(got {type(version).__name__})")
-    return int(version)
 
 
 class LocalStore(CheckpointStore):
@@ -233,7 +234,7 @@ class LocalStore(CheckpointStore):
             self._require_model(model)
             known = [v for v, _ in self._complete_versions(model)]
             raise VersionNotFound(f"model {model!r} has no version {value} "
-                                  f"(it has versions {_summarise(known)})")
+                                  f"(it has versions {summarise_versions(known)})")
         assert isinstance(value, str)
         self._require_model(model)
         version = self._read_pointer(model, self._labels_dir(model) / f"{value}.json")
@@ -417,7 +418,7 @@ class LocalStore(CheckpointStore):
     def set_label(self, model: str, label: str, version: int) -> None:
         validate_name(model)
         validate_label(label)
-        version = _check_version_argument(version)
+        version = check_version_argument(version)
         try:
             with self._lock(model):
                 self._resolve(model, "version", version)  # complete, or VersionNotFound
@@ -453,7 +454,7 @@ class LocalStore(CheckpointStore):
     def delete(self, model: str, version: int | None = None) -> list[int]:
         validate_name(model)
         if version is not None:
-            version = _check_version_argument(version)
+            version = check_version_argument(version)
         try:
             with self._lock(model):
                 # Damaged versions count as present: deleting them is how an operator gets rid
@@ -578,10 +579,3 @@ class LocalStore(CheckpointStore):
                 files.replace_file(self._latest_file(model), codec.pointer_bytes(highest[0]),
                                    self._scratch)
 
-
-def _summarise(versions: list[int]) -> str:
-    if not versions:
-        return "none"
-    if len(versions) <= 6:
-        return ", ".join(map(str, versions))
-    return f"{versions[0]}..{versions[-1]} ({len(versions)} in all)"

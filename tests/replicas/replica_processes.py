@@ -41,7 +41,7 @@ def tiny_hyperparameters(**overrides) -> pb.Hyperparameters:
 class Replica:
     """``charlstm serve --shared-store`` in a child process on 127.0.0.1 and a free port."""
 
-    def __init__(self, store: str | Path, name: str, *extra: str):
+    def __init__(self, store: str | Path, name: str, *extra: str, env: dict | None = None):
         self.name = name
         self.log: list[str] = []
         self.process = subprocess.Popen(
@@ -49,7 +49,7 @@ class Replica:
              "--port", "0", "--store", str(store), "--shared-store",
              "--refresh-seconds", str(REFRESH_SECONDS), "--lease-seconds", str(LEASE_SECONDS),
              "--replica-id", name, "--grace-period", "2", "--log-format", "json", *(extra or ("--metrics-port", "off"))],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stderr=subprocess.PIPE, text=True, env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
         )
         self.port = self._read_port()
         # Keep draining the log so the server never blocks on a full pipe.

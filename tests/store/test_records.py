@@ -137,12 +137,13 @@ def test_local_records_live_in_their_own_folder(tmp_path: Path) -> None:
     assert LocalStore(root).get_record("jobs/job-1.json").data == b"{}"
 
 
-def race(location: str, tmp_path: Path, rounds: int, env: dict | None = None) -> None:
-    """Two processes race ``rounds`` create-only writes and compare-and-swap increments."""
+def test_two_processes_racing_on_one_key(backend, tmp_path: Path) -> None:
+    """Two processes race create-only writes and compare-and-swap increments, round by round."""
+    rounds = 100 if backend.name == "local" else 40
     go = tmp_path / "go"
-    workers = [subprocess.Popen([sys.executable, str(WORKER), location, writer, str(rounds),
-                                 str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
+    workers = [subprocess.Popen([sys.executable, str(WORKER), backend.location, writer,
+                                 str(rounds), str(go)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=backend.env)
                for writer in ("A", "B")]
     for proc in workers:
         assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
@@ -154,7 +155,7 @@ def race(location: str, tmp_path: Path, rounds: int, env: dict | None = None) ->
         *rounds_seen, last = out.split("\n")[:-1]
         assert last.startswith("CONFLICTS")
         outcomes[writer] = {int(line.split()[1]): line.split()[0] for line in rounds_seen}
-    store = open_store_for(location)
+    store = backend.open()
     for r in range(rounds):
         results = {outcomes["A"][r], outcomes["B"][r]}
         assert results == {"WON", "LOST"}, f"round {r}: {outcomes['A'][r]}, {outcomes['B'][r]}"
@@ -163,12 +164,3 @@ def race(location: str, tmp_path: Path, rounds: int, env: dict | None = None) ->
     # Every increment of both writers landed: no compare-and-swap overwrote another's update.
     assert int(store.get_record("counter").data) == 2 * rounds
 
-
-def open_store_for(location: str) -> CheckpointStore:
-    from charlstm.service.store import open_store
-
-    return open_store(location)
-
-
-def test_two_processes_racing_on_one_key(tmp_path: Path) -> None:
-    race(str(tmp_path / "store"), tmp_path, rounds=100)

@@ -71,8 +71,9 @@ class SeaweedFS:
         self.directory = directory
 
     def settings(self, **overrides) -> S3Settings:
-        return S3Settings(endpoint_url=self.endpoint_url, region=REGION, access_key_id=ACCESS_KEY,
-                          secret_access_key=SECRET_KEY, **overrides)
+        values = dict(endpoint_url=self.endpoint_url, region=REGION, access_key_id=ACCESS_KEY,
+                      secret_access_key=SECRET_KEY)
+        return S3Settings(**{**values, **overrides})
 
     def env(self, base: dict | None = None) -> dict[str, str]:
         """Environment for a process that opens the store with ``open_store(location)``."""

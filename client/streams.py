@@ -178,7 +178,7 @@ def open_train_events(start: Callable[[], Any], timeout: float | None, what: str
 
 _CLOSE = object()  # ends the request iterator: half-closes the call
 # Reopening a session lost to UNAVAILABLE: a few quick attempts, bounded by the client timeout.
-_REOPEN_RETRY = RetryPolicy(max_attempts=6, initial_backoff=0.1, max_backoff=1.0)
+REOPEN_RETRY = RetryPolicy(max_attempts=6, initial_backoff=0.1, max_backoff=1.0)
 
 
 def unexpected_reply(reply: pb.StreamResponse | None, expected: str) -> CharLstmError:
@@ -304,7 +304,7 @@ class StreamSession(SessionProtocol):
         transcript = self.transcript
         deadline = Deadline(self._timeout)
         # The first attempt may still be routed to the dying replica: retried with backoff.
-        call_with_retry(lambda _remaining: self._open(transcript), _REOPEN_RETRY, deadline)
+        call_with_retry(lambda _remaining: self._open(transcript), REOPEN_RETRY, deadline)
         self.reopened += 1
 
     # -- actions --    # -- actions --

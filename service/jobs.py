@@ -23,8 +23,9 @@
   ``Train(resume_from_version=N)``.
 - **One manager per store.** An exclusive lock on ``<state_dir>/.lock`` keeps two servers on
   one local store from running the same job twice; a server that does not get the lock
-  serves the job records read-only and refuses new jobs. (A lease in the store replaces this
-  when replicas share an object store.)
+  serves the job records read-only and refuses new jobs. Replicas sharing a store
+  (``--shared-store``, or an object store) use :mod:`.shared_jobs` instead: records and
+  corpora in the store's records, and a lease per running job.
 """
 
 from __future__ import annotations

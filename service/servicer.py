@@ -32,7 +32,8 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
     """Every RPC of ``charlstm.v1.CharLstm``.
 
     Store layout under ``config.store``: the checkpoint store owns ``models/``; corpora live in
-    ``corpora/`` and job records in ``jobs/``.
+    ``corpora/`` and job records in ``jobs/``. On a shared store (``config.store_is_shared``)
+    job records, corpora and job leases are the store's records instead (``shared_jobs``).
 
     Call :meth:`start` before serving (it starts the job scheduler, which resumes interrupted
     jobs) and :meth:`shutdown` when draining.

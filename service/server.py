@@ -339,7 +339,9 @@ def create_server(config: ServerConfig, *, metrics: Metrics | None = None) -> Ru
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log_event(log, "server_started", address=config.host, port=port, metrics_port=metrics_port,
               store=config.store, tls=credentials is not None, auth=bool(config.token),
-              max_streams=config.max_streams, threads=config.thread_pool_size)
+              max_streams=config.max_streams, threads=config.thread_pool_size,
+              shared_store=config.store_is_shared,
+              replica=getattr(servicer.jobs, "replica_id", None))
     return RunningServer(
         config=config, server=server, servicer=servicer, health_servicer=health_servicer,
         admission=admission, metrics=metrics, port=port, metrics_port=metrics_port,

@@ -240,8 +240,9 @@ class S3Store(CheckpointStore):
             raise self._fail(f"listing {prefix}", exc, writing=False) from exc
 
     def _probe_conditional_writes(self) -> bool:
-        """Write a probe object create-only twice: a store that honours If-None-Match refuses
-        the second write. Also checks that the bucket is reachable at all."""
+        """Write a probe object create-only twice, then over a wrong ETag: a store that honours
+        If-None-Match and If-Match refuses the last two. Also checks that the bucket is
+        reachable at all."""
         key = f".probe/{uuid.uuid4().hex}"
         try:
             self._put(key, b"1", create_only=True)
@@ -250,14 +251,16 @@ class S3Store(CheckpointStore):
         except StoreError as exc:
             raise StoreError(f"cannot use the object store at {self._where()}: "
                              f"{exc.__cause__ or exc}") from exc
+        honoured = 0
         try:
-            self._put(key, b"2", create_only=True)
-            honoured = False
-        except _Lost:
-            honoured = True
+            for attempt in ({"create_only": True}, {"if_match": '"' + "0" * 32 + '"'}):
+                try:
+                    self._put(key, b"2", **attempt)
+                except _Lost:
+                    honoured += 1
         finally:
             self._delete(key)
-        return honoured
+        return honoured == 2
 
     # --- Keys -------------------------------------------------------------------------------------
 

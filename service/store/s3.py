@@ -418,26 +418,47 @@ class S3Store(CheckpointStore):
         order = [WEIGHTS_FILE] + [n for n in encoded.files if n != WEIGHTS_FILE]
         for _ in range(MAX_COMMIT_ATTEMPTS):
             folder = self._version_key(model, version)
-            written: list[str] = []
+            manifest = encoded.manifest_bytes(version)
             try:
                 for name in order:
-                    self._put(folder + name, encoded.files[name], create_only=True)
-                    written.append(folder + name)
-                self._put(folder + METADATA_FILE, encoded.manifest_bytes(version), create_only=True)
+                    self._create(folder + name, encoded.files[name])
+                self._create(folder + METADATA_FILE, manifest)
             except _Lost:
-                # Another writer holds this number. If we claimed it and then lost (a store-side
-                # cleanup, or a retried request), our objects there are garbage: remove them.
-                self._delete_quietly(written)
+                # Another writer holds this number: take the next free one. Objects we wrote
+                # here are left alone (without our manifest nobody reads them): deleting them
+                # could pull identical objects from under a writer that adopted them.
                 version = max(version, max(self._folders(model), default=0)) + 1
                 continue
             except StoreError as exc:
-                self._delete_quietly(written)
+                if self._holds(folder + METADATA_FILE, manifest):
+                    break  # the manifest landed although its answer was lost: committed
                 raise StoreWriteError(f"could not save a version of model {model!r}: {exc} "
-                                      "(nothing was stored)") from exc
-            self._advance_latest(model, version)
-            return version
-        raise StoreWriteError(f"could not save a version of model {model!r}: no free version "
-                              f"number after {MAX_COMMIT_ATTEMPTS} attempts (nothing was stored)")
+                                      "(no version became visible)") from exc
+            break
+        else:
+            raise StoreWriteError(f"could not save a version of model {model!r}: no free version "
+                                  f"number after {MAX_COMMIT_ATTEMPTS} attempts (nothing was "
+                                  "stored)")
+        self._advance_latest(model, version)
+        return version
+
+    def _create(self, key: str, data: bytes) -> None:
+        """Write an object create-only. If it exists with exactly ``data`` (our own write, whose
+        answer was lost and which the client library retried), that counts as written; any
+        other content raises _Lost."""
+        try:
+            self._put(key, data, create_only=True)
+        except _Lost:
+            if not self._holds(key, data):
+                raise
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        """Does the object exist with exactly ``data``? (False when it cannot be read.)"""
+        try:
+            got = self._get(key)
+        except StoreError:
+            return False
+        return got is not None and got[0] == data
 
     def _delete_quietly(self, keys: list[str]) -> None:
         try:

@@ -136,6 +136,48 @@ def test_a_writer_that_lost_the_race_for_a_number_takes_the_next(
     assert s3.leftovers() == []
 
 
+@pytest.mark.parametrize("lost_answer", ["retried", "failed"])
+@pytest.mark.parametrize("file", ["weights.safetensors", "training_state.json", "metadata.json"])
+def test_a_write_that_landed_but_whose_answer_was_lost(
+        s3: S3Backend, monkeypatch: pytest.MonkeyPatch, file: str, lost_answer: str) -> None:
+    # The connection drops after the server stored the object: the client library's retry then
+    # finds it there (412), or the client gives up with an error. Either way the save must end
+    # up with exactly one complete version, not a corrupt one and not a lost one.
+    from charlstm.service.store import s3 as s3_module
+
+    store = s3.open()
+    store.save(MODEL, random_tensors(0), {})
+    real_put = S3Store._put
+    dropped = []
+
+    def put_then_lose_the_answer(self, key, data, **conditions):
+        etag = real_put(self, key, data, **conditions)
+        if key.endswith(f"/{file}") and not dropped:
+            dropped.append(key)
+            if lost_answer == "retried":
+                raise s3_module._Lost(key)
+            raise StoreError("connection reset by peer")
+        return etag
+
+    monkeypatch.setattr(S3Store, "_put", put_then_lose_the_answer)
+    state = TrainingState(random_training_tensors(1), {"step": 1})
+    try:
+        version = store.save(MODEL, random_tensors(1), {}, training_state=state)
+    except StoreError:
+        version = None  # a hard error before the manifest: reported, nothing visible
+    monkeypatch.undo()
+    assert dropped
+    versions = [i.version for i in store.list_versions(MODEL)]
+    if version is None:
+        assert lost_answer == "failed" and file != "metadata.json" and versions == [1]
+    else:
+        assert versions == [1, version] and version == 2
+        assert_same_tensors(store.load(MODEL, with_training_state=True).training_state.tensors,
+                            random_training_tensors(1))
+    for v in versions:
+        store.verify(MODEL, v)
+
+
 def test_pointers_move_by_compare_and_swap(s3: S3Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     store = s3.open()
     store.save(MODEL, random_tensors(1), {})

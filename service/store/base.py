@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import retention
-from .errors import LabelInUse, StoreInputError, VersionNotFound
-from .names import LATEST, validate_label
+from . import codec, retention
+from .codec import TRAINING_META_FILE, TRAINING_TENSORS_FILE, WEIGHTS_FILE
+from .errors import LabelInUse, LabelNotFound, ModelNotFound, StoreInputError, VersionNotFound
+from .names import LATEST, validate_label, validate_name
 
 
 @dataclass(frozen=True)
@@ -132,17 +133,99 @@ class CheckpointStore(abc.ABC):
         A new model whose name equals an existing one apart from letter case is refused.
         """
 
+    # --- Reading, shared: each backend supplies the primitives below ---------------------------
+
     @abc.abstractmethod
+    def _manifest(self, model: str, version: int, *, strict: bool = False) -> dict | None:
+        """The intact manifest of a version, or None if the version does not exist. A damaged
+        manifest is skipped (logged) when scanning, and a CorruptCheckpoint with ``strict``."""
+
+    @abc.abstractmethod
+    def _complete_versions(self, model: str) -> list[tuple[int, dict]]:
+        """(version, manifest) of every complete version, oldest first."""
+
+    @abc.abstractmethod
+    def _highest_complete(self, model: str) -> tuple[int, dict] | None:
+        """The newest complete version, without reading the manifests of the others."""
+
+    @abc.abstractmethod
+    def _label_target(self, model: str, label: str) -> int | None:
+        """The version a label points at (CorruptCheckpoint if its pointer is damaged), or None."""
+
+    @abc.abstractmethod
+    def _labels(self, model: str) -> dict[str, int]:
+        """Label -> version; damaged pointers are skipped with a warning."""
+
+    @abc.abstractmethod
+    def _read_version_file(self, model: str, version: int, name: str, manifest: dict) -> bytes:
+        """A version's file, checked against the manifest's size and sha256 (``codec.check_file``);
+        CorruptCheckpoint if it is missing, VersionNotFound if the version went meanwhile."""
+
+    def _require_model(self, model: str) -> None:
+        if self._highest_complete(model) is None:
+            raise ModelNotFound(f"no model named {model!r} in the store")
+
+    def _resolve(self, model: str, kind: str, value: int | str | None) -> tuple[int, dict]:
+        """(version, intact manifest) for a parsed reference."""
+        if kind == "latest":
+            found = self._highest_complete(model)
+            if found is None:
+                raise ModelNotFound(f"no model named {model!r} in the store")
+            return found
+        if kind == "version":
+            assert isinstance(value, int)
+            if value >= 1:
+                manifest = self._manifest(model, value, strict=True)
+                if manifest is not None:
+                    return value, manifest
+            known = [v for v, _ in self._complete_versions(model)]
+            if not known:
+                raise ModelNotFound(f"no model named {model!r} in the store")
+            raise VersionNotFound(f"model {model!r} has no version {value} "
+                                  f"(it has versions {summarise_versions(known)})")
+        assert isinstance(value, str)
+        self._require_model(model)
+        version = self._label_target(model, value)
+        if version is None:
+            raise LabelNotFound(f"model {model!r} has no label {value!r} "
+                                f"(its labels: {sorted(self._labels(model)) or 'none'})")
+        manifest = self._manifest(model, version, strict=True)
+        if manifest is None:
+            raise VersionNotFound(f"label {value!r} of model {model!r} points at version "
+                                  f"{version}, which does not exist")
+        return version, manifest
+
+    def resolve(self, model: str, ref: int | str | None = None) -> int:
+        """The version number ``ref`` designates (see the class docstring)."""
+        validate_name(model)
+        return self._resolve(model, *parse_ref(ref))[0]
+
     def load(self, model: str, ref: int | str | None = None, *,
              with_training_state: bool = False) -> Checkpoint:
         """Read and verify a version: every file read is checked against the manifest's size and
         sha256, and the weights' names, dtypes and shapes against its tensor table. A damaged or
         missing file raises :class:`CorruptCheckpoint`. The training state is read (and verified)
         only when asked for; it is None for a version saved without one."""
+        validate_name(model)
+        version, manifest = self._resolve(model, *parse_ref(ref))
+        weights = self._read_version_file(model, version, WEIGHTS_FILE, manifest)
+        tensors = codec.decode_tensors(model, version, WEIGHTS_FILE, weights, manifest["tensors"])
+        training_state = None
+        if with_training_state and codec.is_resumable(manifest):
+            state_tensors = self._read_version_file(model, version, TRAINING_TENSORS_FILE, manifest)
+            state_meta = self._read_version_file(model, version, TRAINING_META_FILE, manifest)
+            training_state = TrainingState(
+                tensors=codec.decode_tensors(model, version, TRAINING_TENSORS_FILE, state_tensors),
+                meta=codec.decode_json(model, version, TRAINING_META_FILE, state_meta),
+            )
+        return Checkpoint(model=model, version=version, tensors=tensors, metadata=manifest,
+                          training_state=training_state)
 
-    @abc.abstractmethod
-    def resolve(self, model: str, ref: int | str | None = None) -> int:
-        """The version number ``ref`` designates (see the class docstring)."""
+    def labels(self, model: str) -> dict[str, int]:
+        """Label name -> version number."""
+        validate_name(model)
+        self._require_model(model)
+        return self._labels(model)
 
     @abc.abstractmethod
     def list_models(self) -> list[str]:
@@ -151,10 +234,6 @@ class CheckpointStore(abc.ABC):
     @abc.abstractmethod
     def list_versions(self, model: str) -> list[VersionInfo]:
         """The complete versions of ``model``, oldest first."""
-
-    @abc.abstractmethod
-    def labels(self, model: str) -> dict[str, int]:
-        """Label name -> version number."""
 
     @abc.abstractmethod
     def set_label(self, model: str, label: str, version: int) -> None:

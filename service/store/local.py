@@ -31,16 +31,13 @@ import numpy as np
 
 from . import codec, files
 from .base import (
-    Checkpoint,
     CheckpointStore,
     Record,
     TrainingState,
     VersionInfo,
     check_version_argument,
-    parse_ref,
-    summarise_versions,
 )
-from .codec import METADATA_FILE, TRAINING_META_FILE, TRAINING_TENSORS_FILE, WEIGHTS_FILE
+from .codec import METADATA_FILE
 from .errors import (
     CorruptCheckpoint,
     InvalidName,
@@ -48,7 +45,6 @@ from .errors import (
     LabelNotFound,
     ModelNotFound,
     StoreError,
-    StoreInputError,
     StoreWriteError,
     VersionNotFound,
 )
@@ -180,10 +176,6 @@ class LocalStore(CheckpointStore):
                 return version, manifest
         return None
 
-    def _require_model(self, model: str) -> None:
-        if self._highest_complete(model) is None:
-            raise ModelNotFound(f"no model named {model!r} in the store")
-
     def _read_pointer(self, model: str, path: Path) -> int | None:
         """The version a pointer file names; None if it does not exist."""
         try:
@@ -198,8 +190,10 @@ class LocalStore(CheckpointStore):
             shown = path.relative_to(self._model_dir(model)).as_posix()
             raise CorruptCheckpoint(model, None, shown, f"not a valid pointer ({exc})") from None
 
+    def _label_target(self, model: str, label: str) -> int | None:
+        return self._read_pointer(model, self._labels_dir(model) / f"{label}.json")
+
     def _labels(self, model: str) -> dict[str, int]:
-        """Label -> version; unreadable label files are skipped with a warning."""
         try:
             entries = sorted(os.listdir(self._labels_dir(model)))
         except (FileNotFoundError, NotADirectoryError):
@@ -218,39 +212,6 @@ class LocalStore(CheckpointStore):
                 found[label] = version
         return found
 
-    def _resolve(self, model: str, kind: str, value: int | str | None) -> tuple[int, dict]:
-        """(version, intact manifest) for a parsed reference."""
-        if kind == "latest":
-            found = self._highest_complete(model)
-            if found is None:
-                raise ModelNotFound(f"no model named {model!r} in the store")
-            return found
-        if kind == "version":
-            assert isinstance(value, int)
-            if value >= 1:
-                manifest = self._manifest(model, value, strict=True)
-                if manifest is not None:
-                    return value, manifest
-            self._require_model(model)
-            known = [v for v, _ in self._complete_versions(model)]
-            raise VersionNotFound(f"model {model!r} has no version {value} "
-                                  f"(it has versions {summarise_versions(known)})")
-        assert isinstance(value, str)
-        self._require_model(model)
-        version = self._read_pointer(model, self._labels_dir(model) / f"{value}.json")
-        if version is None:
-            raise LabelNotFound(f"model {model!r} has no label {value!r} "
-                                f"(its labels: {sorted(self._labels(model)) or 'none'})")
-        manifest = self._manifest(model, version, strict=True)
-        if manifest is None:
-            raise VersionNotFound(f"label {value!r} of model {model!r} points at version "
-                                  f"{version}, which does not exist")
-        return version, manifest
-
-    def resolve(self, model: str, ref: int | str | None = None) -> int:
-        validate_name(model)
-        return self._resolve(model, *parse_ref(ref))[0]
-
     def _read_version_file(self, model: str, version: int, name: str, manifest: dict) -> bytes:
         """A version's file, checked against the manifest's size and sha256."""
         try:
@@ -263,23 +224,6 @@ class LocalStore(CheckpointStore):
             raise StoreError(f"cannot read {name} of model {model!r} version {version}: {exc}") from exc
         codec.check_file(model, version, name, data, manifest)
         return data
-
-    def load(self, model: str, ref: int | str | None = None, *,
-             with_training_state: bool = False) -> Checkpoint:
-        validate_name(model)
-        version, manifest = self._resolve(model, *parse_ref(ref))
-        weights = self._read_version_file(model, version, WEIGHTS_FILE, manifest)
-        tensors = codec.decode_tensors(model, version, WEIGHTS_FILE, weights, manifest["tensors"])
-        training_state = None
-        if with_training_state and codec.is_resumable(manifest):
-            state_tensors = self._read_version_file(model, version, TRAINING_TENSORS_FILE, manifest)
-            state_meta = self._read_version_file(model, version, TRAINING_META_FILE, manifest)
-            training_state = TrainingState(
-                tensors=codec.decode_tensors(model, version, TRAINING_TENSORS_FILE, state_tensors),
-                meta=codec.decode_json(model, version, TRAINING_META_FILE, state_meta),
-            )
-        return Checkpoint(model=model, version=version, tensors=tensors, metadata=manifest,
-                          training_state=training_state)
 
     def list_models(self) -> list[str]:
         return sorted(m for m in self._model_names_on_disk() if self._highest_complete(m))
@@ -307,11 +251,6 @@ class LocalStore(CheckpointStore):
                 resumable=codec.is_resumable(manifest),
             ))
         return infos
-
-    def labels(self, model: str) -> dict[str, int]:
-        validate_name(model)
-        self._require_model(model)
-        return self._labels(model)
 
     # --- Writing ----------------------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ import functools
 import logging
 import os
 import re
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,16 +36,13 @@ import numpy as np
 
 from . import codec
 from .base import (
-    Checkpoint,
     CheckpointStore,
     Record,
     TrainingState,
     VersionInfo,
     check_version_argument,
-    parse_ref,
-    summarise_versions,
 )
-from .codec import METADATA_FILE, TRAINING_META_FILE, TRAINING_TENSORS_FILE, WEIGHTS_FILE
+from .codec import METADATA_FILE, WEIGHTS_FILE
 from .errors import (
     CorruptCheckpoint,
     LabelInUse,
@@ -244,8 +240,9 @@ class S3Store(CheckpointStore):
             raise self._fail(f"listing {prefix}", exc, writing=False) from exc
 
     def _probe_conditional_writes(self) -> bool:
-        """Write a probe object create-only twice: a store that honours If-None-Match refuses
-        the second write. Also checks that the bucket is reachable at all."""
+        """Write a probe object create-only twice, then over a wrong ETag: a store that honours
+        If-None-Match and If-Match refuses the last two. Also checks that the bucket is
+        reachable at all."""
         key = f".probe/{uuid.uuid4().hex}"
         try:
             self._put(key, b"1", create_only=True)
@@ -254,14 +251,16 @@ class S3Store(CheckpointStore):
         except StoreError as exc:
             raise StoreError(f"cannot use the object store at {self._where()}: "
                              f"{exc.__cause__ or exc}") from exc
+        honoured = 0
         try:
-            self._put(key, b"2", create_only=True)
-            honoured = False
-        except _Lost:
-            honoured = True
+            for attempt in ({"create_only": True}, {"if_match": '"' + "0" * 32 + '"'}):
+                try:
+                    self._put(key, b"2", **attempt)
+                except _Lost:
+                    honoured += 1
         finally:
             self._delete(key)
-        return honoured
+        return honoured == 2
 
     # --- Keys -------------------------------------------------------------------------------------
 
@@ -327,9 +326,8 @@ class S3Store(CheckpointStore):
     def _highest_complete(self, model: str) -> tuple[int, dict] | None:
         return next(self._complete(model, self._folders(model)), None)
 
-    def _require_model(self, model: str) -> None:
-        if self._highest_complete(model) is None:
-            raise ModelNotFound(f"no model named {model!r} in the store")
+    def _complete_versions(self, model: str) -> list[tuple[int, dict]]:
+        return sorted(self._complete(model, self._folders(model)))
 
     def _read_pointer(self, model: str, key: str) -> tuple[int, str] | None:
         """(version, ETag) of a pointer object; None if it does not exist."""
@@ -341,6 +339,10 @@ class S3Store(CheckpointStore):
         except ValueError as exc:
             shown = key[len(self._model_key(model)):]
             raise CorruptCheckpoint(model, None, shown, f"not a valid pointer ({exc})") from None
+
+    def _label_target(self, model: str, label: str) -> int | None:
+        pointer = self._read_pointer(model, self._label_key(model, label))
+        return None if pointer is None else pointer[0]
 
     def _labels(self, model: str) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -358,39 +360,6 @@ class S3Store(CheckpointStore):
                 found[label] = pointer[0]
         return found
 
-    def _resolve(self, model: str, kind: str, value: int | str | None) -> tuple[int, dict]:
-        if kind == "latest":
-            found = self._highest_complete(model)
-            if found is None:
-                raise ModelNotFound(f"no model named {model!r} in the store")
-            return found
-        if kind == "version":
-            assert isinstance(value, int)
-            manifest = self._manifest(model, value, strict=True) if value >= 1 else None
-            if manifest is not None:
-                return value, manifest
-            folders = self._folders(model)
-            known = sorted(v for v, _ in self._complete(model, folders))
-            if not known:
-                raise ModelNotFound(f"no model named {model!r} in the store")
-            raise VersionNotFound(f"model {model!r} has no version {value} "
-                                  f"(it has versions {summarise_versions(known)})")
-        assert isinstance(value, str)
-        self._require_model(model)
-        pointer = self._read_pointer(model, self._label_key(model, value))
-        if pointer is None:
-            raise LabelNotFound(f"model {model!r} has no label {value!r} "
-                                f"(its labels: {sorted(self._labels(model)) or 'none'})")
-        manifest = self._manifest(model, pointer[0], strict=True)
-        if manifest is None:
-            raise VersionNotFound(f"label {value!r} of model {model!r} points at version "
-                                  f"{pointer[0]}, which does not exist")
-        return pointer[0], manifest
-
-    def resolve(self, model: str, ref: int | str | None = None) -> int:
-        validate_name(model)
-        return self._resolve(model, *parse_ref(ref))[0]
-
     def _read_version_file(self, model: str, version: int, name: str, manifest: dict) -> bytes:
         got = self._get(self._version_key(model, version) + name)
         if got is None:
@@ -399,23 +368,6 @@ class S3Store(CheckpointStore):
             raise CorruptCheckpoint(model, version, name, "file is missing")
         codec.check_file(model, version, name, got[0], manifest)
         return got[0]
-
-    def load(self, model: str, ref: int | str | None = None, *,
-             with_training_state: bool = False) -> Checkpoint:
-        validate_name(model)
-        version, manifest = self._resolve(model, *parse_ref(ref))
-        weights = self._read_version_file(model, version, WEIGHTS_FILE, manifest)
-        tensors = codec.decode_tensors(model, version, WEIGHTS_FILE, weights, manifest["tensors"])
-        training_state = None
-        if with_training_state and codec.is_resumable(manifest):
-            state_tensors = self._read_version_file(model, version, TRAINING_TENSORS_FILE, manifest)
-            state_meta = self._read_version_file(model, version, TRAINING_META_FILE, manifest)
-            training_state = TrainingState(
-                tensors=codec.decode_tensors(model, version, TRAINING_TENSORS_FILE, state_tensors),
-                meta=codec.decode_json(model, version, TRAINING_META_FILE, state_meta),
-            )
-        return Checkpoint(model=model, version=version, tensors=tensors, metadata=manifest,
-                          training_state=training_state)
 
     def _model_names(self) -> list[str]:
         names = []
@@ -448,11 +400,6 @@ class S3Store(CheckpointStore):
             resumable=codec.is_resumable(manifest),
         ) for version, manifest in complete]
 
-    def labels(self, model: str) -> dict[str, int]:
-        validate_name(model)
-        self._require_model(model)
-        return self._labels(model)
-
     # --- Writing ----------------------------------------------------------------------------------
 
     def save(self, model: str, tensors: dict[str, np.ndarray], metadata: dict,
@@ -471,26 +418,47 @@ class S3Store(CheckpointStore):
         order = [WEIGHTS_FILE] + [n for n in encoded.files if n != WEIGHTS_FILE]
         for _ in range(MAX_COMMIT_ATTEMPTS):
             folder = self._version_key(model, version)
-            written: list[str] = []
+            manifest = encoded.manifest_bytes(version)
             try:
                 for name in order:
-                    self._put(folder + name, encoded.files[name], create_only=True)
-                    written.append(folder + name)
-                self._put(folder + METADATA_FILE, encoded.manifest_bytes(version), create_only=True)
+                    self._create(folder + name, encoded.files[name])
+                self._create(folder + METADATA_FILE, manifest)
             except _Lost:
-                # Another writer holds this number. If we claimed it and then lost (a store-side
-                # cleanup, or a retried request), our objects there are garbage: remove them.
-                self._delete_quietly(written)
+                # Another writer holds this number: take the next free one. Objects we wrote
+                # here are left alone (without our manifest nobody reads them): deleting them
+                # could pull identical objects from under a writer that adopted them.
                 version = max(version, max(self._folders(model), default=0)) + 1
                 continue
             except StoreError as exc:
-                self._delete_quietly(written)
+                if self._holds(folder + METADATA_FILE, manifest):
+                    break  # the manifest landed although its answer was lost: committed
                 raise StoreWriteError(f"could not save a version of model {model!r}: {exc} "
-                                      "(nothing was stored)") from exc
-            self._advance_latest(model, version)
-            return version
-        raise StoreWriteError(f"could not save a version of model {model!r}: no free version "
-                              f"number after {MAX_COMMIT_ATTEMPTS} attempts (nothing was stored)")
+                                      "(no version became visible)") from exc
+            break
+        else:
+            raise StoreWriteError(f"could not save a version of model {model!r}: no free version "
+                                  f"number after {MAX_COMMIT_ATTEMPTS} attempts (nothing was "
+                                  "stored)")
+        self._advance_latest(model, version)
+        return version
+
+    def _create(self, key: str, data: bytes) -> None:
+        """Write an object create-only. If it exists with exactly ``data`` (our own write, whose
+        answer was lost and which the client library retried), that counts as written; any
+        other content raises _Lost."""
+        try:
+            self._put(key, data, create_only=True)
+        except _Lost:
+            if not self._holds(key, data):
+                raise
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        """Does the object exist with exactly ``data``? (False when it cannot be read.)"""
+        try:
+            got = self._get(key)
+        except StoreError:
+            return False
+        return got is not None and got[0] == data
 
     def _delete_quietly(self, keys: list[str]) -> None:
         try:

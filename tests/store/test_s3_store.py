@@ -8,6 +8,8 @@ writers) is tested on both backends by the other files of this folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import sys
 
@@ -16,6 +18,7 @@ import pytest
 
 from charlstm.service.config import ServerConfig, add_serve_arguments
 from charlstm.service.store import (
+    LabelNotFound,
     S3Settings,
     S3Store,
     StoreError,
@@ -80,6 +83,34 @@ def test_sigkill_before_requests_of_a_save(s3: S3Backend, exhaustive: bool) -> N
     assert latest_pointer(s3) == new == store.resolve(MODEL)
 
 
+@pytest.mark.slow  # about 50 s: a worker process per request of a deletion and a label move
+def test_sigkill_before_every_request_of_a_deletion_and_a_label_move(s3: S3Backend) -> None:
+    store = s3.open()
+    for seed in range(3):
+        store.save(MODEL, random_tensors(seed), sample_metadata())
+    highest = 3
+    for operation in ("delete", "label"):
+        for pause_at in itertools.count(1):
+            before = [i.version for i in s3.open().list_versions(MODEL)]
+            if pause_and_kill(s3.location, 0, pause_at, operation, env=s3.env) is None:
+                break  # killed before each of its requests in turn; this run went to the end
+            store = s3.open()
+            versions = [i.version for i in store.list_versions(MODEL)]
+            for version in versions:
+                store.verify(MODEL, version)
+            assert store.resolve(MODEL) == versions[-1]
+            if operation == "delete":
+                assert versions in (before, before[:-1])  # deleted or intact, never half-deleted
+                if versions != before:  # a deleted number is never handed out again
+                    highest += 1
+                    assert store.save(MODEL, random_tensors(highest), sample_metadata()) == highest
+            else:
+                assert store.labels(MODEL) in ({}, {"stable": versions[-1]})
+                with contextlib.suppress(LabelNotFound):
+                    store.remove_label(MODEL, "stable")
+        assert pause_at > 3
+
+
 def test_a_writer_that_lost_the_race_for_a_number_takes_the_next(
         s3: S3Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     ours, theirs = s3.open(), s3.open()
@@ -105,6 +136,48 @@ def test_a_writer_that_lost_the_race_for_a_number_takes_the_next(
     assert s3.leftovers() == []
 
 
+@pytest.mark.parametrize("lost_answer", ["retried", "failed"])
+@pytest.mark.parametrize("file", ["weights.safetensors", "training_state.json", "metadata.json"])
+def test_a_write_that_landed_but_whose_answer_was_lost(
+        s3: S3Backend, monkeypatch: pytest.MonkeyPatch, file: str, lost_answer: str) -> None:
+    # The connection drops after the server stored the object: the client library's retry then
+    # finds it there (412), or the client gives up with an error. Either way the save must end
+    # up with exactly one complete version, not a corrupt one and not a lost one.
+    from charlstm.service.store import s3 as s3_module
+
+    store = s3.open()
+    store.save(MODEL, random_tensors(0), {})
+    real_put = S3Store._put
+    dropped = []
+
+    def put_then_lose_the_answer(self, key, data, **conditions):
+        etag = real_put(self, key, data, **conditions)
+        if key.endswith(f"/{file}") and not dropped:
+            dropped.append(key)
+            if lost_answer == "retried":
+                raise s3_module._Lost(key)
+            raise StoreError("connection reset by peer")
+        return etag
+
+    monkeypatch.setattr(S3Store, "_put", put_then_lose_the_answer)
+    state = TrainingState(random_training_tensors(1), {"step": 1})
+    try:
+        version = store.save(MODEL, random_tensors(1), {}, training_state=state)
+    except StoreError:
+        version = None  # a hard error before the manifest: reported, nothing visible
+    monkeypatch.undo()
+    assert dropped
+    versions = [i.version for i in store.list_versions(MODEL)]
+    if version is None:
+        assert lost_answer == "failed" and file != "metadata.json" and versions == [1]
+    else:
+        assert versions == [1, version] and version == 2
+        assert_same_tensors(store.load(MODEL, with_training_state=True).training_state.tensors,
+                            random_training_tensors(1))
+    for v in versions:
+        store.verify(MODEL, v)
+
+
 def test_pointers_move_by_compare_and_swap(s3: S3Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     store = s3.open()
     store.save(MODEL, random_tensors(1), {})
@@ -125,14 +198,15 @@ def test_pointers_move_by_compare_and_swap(s3: S3Backend, monkeypatch: pytest.Mo
     assert moved and store.labels(MODEL) == {"stable": 2}
 
 
-def _without_conditional_headers(request, **kwargs) -> None:
-    for header in ("If-None-Match", "If-Match"):
-        if header in request.headers:
-            del request.headers[header]
-
-
-def test_a_store_that_ignores_conditional_writes_is_refused(seaweedfs) -> None:
+@pytest.mark.parametrize("ignored", [("If-None-Match", "If-Match"), ("If-None-Match",),
+                                     ("If-Match",)])
+def test_a_store_that_ignores_conditional_writes_is_refused(seaweedfs, ignored) -> None:
     # A client that drops the headers behaves as a server that ignores them would.
+    def without_conditional_headers(request, **kwargs) -> None:
+        for header in ignored:
+            if header in request.headers:
+                del request.headers[header]
+
     import boto3
     from botocore.config import Config
 
@@ -141,7 +215,7 @@ def test_a_store_that_ignores_conditional_writes_is_refused(seaweedfs) -> None:
         aws_access_key_id=seaweedfs.settings().access_key_id,
         aws_secret_access_key=seaweedfs.settings().secret_access_key,
         config=Config(s3={"addressing_style": "path"}))
-    client.meta.events.register("before-sign.s3", _without_conditional_headers)
+    client.meta.events.register("before-sign.s3", without_conditional_headers)
     location = seaweedfs.location()
     with pytest.raises(StoreError, match="ignores conditional writes") as info:
         S3Store(location, seaweedfs.settings(), client=client)

@@ -1,7 +1,8 @@
 # charlstm gRPC server. Build: docker build -t charlstm .
 # Run:   docker run -p 50051:50051 -p 9090:9090 -v charlstm-store:/data charlstm
 
-# Stage 1: build the package into a virtual environment (wheels only; nothing is compiled).
+# Stage 1: build the package into a virtual environment (wheels only; nothing is compiled),
+# with the s3 extra (boto3) so that replicas can share a store on object storage (deploy/).
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -11,7 +12,7 @@ COPY protos/ protos/
 COPY engine/ engine/
 COPY service/ service/
 COPY client/ client/
-RUN /opt/charlstm/bin/pip install --no-compile . \
+RUN /opt/charlstm/bin/pip install --no-compile '.[s3]' \
     && find /opt/charlstm -name '__pycache__' -prune -exec rm -rf {} +
 
 # Stage 2: the runtime image: the virtual environment, a non-root user and a volume for the store.

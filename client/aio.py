@@ -34,13 +34,18 @@ from charlstm.client.channel import (
     DEFAULT_TARGET,
     Tls,
     auth_metadata,
-    channel_options,
+    prepare_target,
     open_aio_channel,
 )
-from charlstm.client.errors import DeadlineExceededError, error_for_code, from_rpc_error
+from charlstm.client.errors import (
+    CharLstmError,
+    DeadlineExceededError,
+    error_for_code,
+    from_rpc_error,
+)
 from charlstm.client.messages import CorpusSource
 from charlstm.client.retry import DEFAULT_RETRY, NO_RETRY, Deadline, RetryPolicy, call_with_retry_async
-from charlstm.client.streams import SessionProtocol
+from charlstm.client.streams import REOPEN_RETRY, SessionProtocol
 from charlstm.client.types import (
     CharDistribution,
     Corpus,
@@ -165,32 +170,55 @@ class AsyncStreamSession(SessionProtocol):
     tasks at once."""
 
     def __init__(
-        self, start: Callable[[], Any], open_request: pb.StreamRequest, timeout: float | None
+        self, start: Callable[[], Any], open_request: pb.StreamRequest, timeout: float | None,
+        *, reopen: bool = False,
     ) -> None:
         super().__init__()
         self._start = start
         self._open_request = open_request
         self._timeout = timeout
+        self._reopen = reopen
+        self.reopened = 0
+        """How many times the session was taken over by a new call (``reopen``)."""
+        self._remaining = 0  # characters of the current generation still to come
+        self._generate_request: pb.StreamRequest | None = None
         self._call: Any = None
         self.info: SessionInfo | None = None
 
     async def open(self) -> AsyncStreamSession:
         """Opens the session (waits for the server's `opened` reply, and the prefix's
         distribution when a prefix was given)."""
-        if self._call is not None:
-            return self
+        if self._call is None:
+            await self._open(self._open_request.open.prefix)
+        return self
+
+    async def _open(self, prefix: str) -> None:
+        request = pb.StreamRequest()
+        request.CopyFrom(self._open_request)
+        request.open.prefix = prefix
+        self._closed = False
         self._call = self._start()
         try:
-            await self._call.write(self._open_request)
+            await self._call.write(request)
             self.info = self._on_opened(await self._read())
-            prefix = self._open_request.open.prefix
             if prefix:
                 await self._read_prediction()
                 self.transcript = prefix
+        except grpc.RpcError as error:
+            self._abort()
+            raise from_rpc_error(error) from error
         except BaseException:
             self._abort()
             raise
-        return self
+
+    async def _take_over(self, error: CharLstmError) -> None:
+        """After UNAVAILABLE: a new call fed with the transcript (see the sync session)."""
+        if not self._reopen or error.code != grpc.StatusCode.UNAVAILABLE:
+            raise error
+        transcript = self.transcript
+        await call_with_retry_async(lambda _remaining: self._open(transcript), REOPEN_RETRY,
+                                    Deadline(self._timeout))
+        self.reopened += 1
 
     def __await__(self) -> Generator[Any, None, AsyncStreamSession]:
         return self.open().__await__()
@@ -205,17 +233,24 @@ class AsyncStreamSession(SessionProtocol):
 
     async def feed(self, text: str) -> CharDistribution:
         """Feeds ``text``; returns the next-character distribution after it."""
-        await self._send(pb.StreamRequest(feed=pb.StreamFeed(text=text)))
-        distribution = await self._read_prediction()
+        distribution = await self._request_prediction(pb.StreamRequest(feed=pb.StreamFeed(text=text)))
         self.transcript += text
         return distribution
 
     async def reset(self) -> CharDistribution:
         """Resets the state to zeros; returns the distribution from the empty state."""
-        await self._send(pb.StreamRequest(reset=pb.StreamReset()))
-        distribution = await self._read_prediction()
+        distribution = await self._request_prediction(pb.StreamRequest(reset=pb.StreamReset()))
         self.transcript = ""
         return distribution
+
+    async def _request_prediction(self, request: pb.StreamRequest) -> CharDistribution:
+        try:
+            await self._send(request)
+            return await self._read_prediction()
+        except CharLstmError as error:
+            await self._take_over(error)
+        await self._send(request)
+        return await self._read_prediction()
 
     async def generate(
         self,
@@ -246,9 +281,11 @@ class AsyncStreamSession(SessionProtocol):
     ) -> AsyncIterator[GeneratedChar]:
         """Like `generate`, with the probability each character was drawn with. The request is
         sent when iteration starts."""
-        await self._send(
-            messages.stream_generate(length, temperature, top_k, top_p, seed, max_chars_per_message)
+        self._generate_request = messages.stream_generate(
+            length, temperature, top_k, top_p, seed, max_chars_per_message
         )
+        await self._send(self._generate_request)
+        self._remaining = length
         self._generation += 1
         generation = self._generation
         self._generating = True
@@ -294,7 +331,11 @@ class AsyncStreamSession(SessionProtocol):
             self._abort()
             raise from_rpc_error(error) from error
         except asyncio.InvalidStateError:
+            # The call has already ended: report how (UNAVAILABLE lets a session be reopened).
+            code, details = await self._call.code(), await self._call.details()
             self._abort()
+            if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+                raise error_for_code(code, details) from None
             raise error_for_code(grpc.StatusCode.ABORTED, "the stream session has ended") from None
 
     async def _read(self) -> pb.StreamResponse | None:
@@ -308,7 +349,19 @@ class AsyncStreamSession(SessionProtocol):
         return self._on_prediction(await self._read())
 
     async def _read_generation_reply(self) -> list[GeneratedChar]:
-        return self._on_generation_reply(await self._read())
+        try:
+            generated = self._on_generation_reply(await self._read())
+        except CharLstmError as error:
+            await self._take_over(error)
+            if self._remaining <= 0:
+                return []
+            assert self._generate_request is not None
+            self._generate_request.generate.length = self._remaining
+            await self._call.write(self._generate_request)  # the rest, from the rebuilt state
+            self._generating = True
+            return []
+        self._remaining -= len(generated)
+        return generated
 
     def _abort(self) -> None:
         self._closed = True
@@ -331,15 +384,18 @@ class AsyncCharLstmClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.aio.Channel | None = None,
+        reopen_streams: bool = False,
     ) -> None:
         self.target = target
+        self.reopen_streams = reopen_streams
         self.timeout = timeout
         self.retry = retry
         self._metadata = auth_metadata(token)
         self._owns_channel = channel is None
-        self._channel = channel or open_aio_channel(
-            target, tls, channel_options(max_message_bytes, options)
-        )
+        if channel is None:
+            grpc_target, channel_args = prepare_target(target, max_message_bytes, options)
+            channel = open_aio_channel(grpc_target, tls, channel_args)
+        self._channel = channel
         self._stub = pb_grpc.CharLstmStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -479,7 +535,7 @@ class AsyncCharLstmClient:
             prefix=prefix,
         )  # fmt: skip
         start = lambda: self._stub.Stream(metadata=self._metadata)  # noqa: E731
-        return AsyncStreamSession(start, request, self.timeout)
+        return AsyncStreamSession(start, request, self.timeout, reopen=self.reopen_streams)
 
     async def evaluate(
         self,

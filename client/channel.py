@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from charlstm.client.balancing import replica_channel_options
+
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 16 << 20  # the server's default --max-message-bytes
 
@@ -34,6 +36,16 @@ def channel_options(
     ]
     options.extend(extra)
     return options
+
+
+def prepare_target(
+    target: str, max_message_bytes: int, extra: Sequence[tuple[str, Any]] = ()
+) -> tuple[str, list[tuple[str, Any]]]:
+    """The gRPC target and channel arguments for a user's ``target``: one ``host:port`` as it
+    is; a comma-separated list of replicas or a ``dns:///`` name with client-side round_robin
+    and retries of idempotent calls (`charlstm.client.balancing`). ``extra`` wins."""
+    grpc_target, balancing = replica_channel_options(target)
+    return grpc_target, channel_options(max_message_bytes, [*balancing, *extra])
 
 
 def channel_credentials(tls: Tls) -> grpc.ChannelCredentials | None:

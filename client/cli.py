@@ -69,7 +69,8 @@ def _connection_options() -> argparse.ArgumentParser:
         "--server",
         metavar="HOST:PORT",
         default=os.environ.get("CHARLSTM_SERVER") or DEFAULT_TARGET,
-        help="server address (env CHARLSTM_SERVER)",
+        help="server address; several replicas as HOST:PORT,HOST:PORT,... or dns:///NAME:PORT, "
+        "over which calls are spread round_robin (env CHARLSTM_SERVER)",
     )
     group.add_argument(
         "--token",
@@ -308,6 +309,12 @@ def build_parser() -> Parser:
         help="let the server send the characters it has already produced together, up to N "
         "per message, when this client reads slower than the model generates (none waits)",
     )
+    p.add_argument(
+        "--reopen",
+        action="store_true",
+        help="if the session's server goes away (UNAVAILABLE), continue on another replica "
+        "fed with the text so far (random draws then differ from an unbroken session)",
+    )
     _add_model_selector(p)
     _add_sampling(p)
 
@@ -383,7 +390,8 @@ def _client(args: argparse.Namespace) -> CharLstmClient:
         tls = True
     token = args.token if args.token is not None else os.environ.get("CHARLSTM_TOKEN")
     timeout = args.timeout if args.timeout and args.timeout > 0 else None
-    return CharLstmClient(args.server, token=token or None, tls=tls, timeout=timeout)
+    return CharLstmClient(args.server, token=token or None, tls=tls, timeout=timeout,
+                          reopen_streams=getattr(args, "reopen", False))
 
 
 def _emit(value: Any) -> None:

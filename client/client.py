@@ -18,11 +18,12 @@ included. Streaming calls bound each wait for an expected reply instead of the w
 `charlstm.client.streams`). Retries: see `charlstm.client.retry` for which calls are repeated
 after UNAVAILABLE. Errors: every failure raises a `charlstm.client.errors.CharLstmError`.
 
-Several replicas: pass a target that resolves to all of them (``dns:///charlstm:50051``, or
-``ipv4:10.0.0.1:50051,10.0.0.2:50051``) with ``options=[("grpc.lb_policy_name", "round_robin")]``;
-unary calls are then spread over the replicas, and each retry after UNAVAILABLE may land on
-another one. A Stream session stays on the replica that opened it; its `transcript` is what a
-new session elsewhere must be fed to take over.
+Several replicas: pass a target that names all of them, a comma-separated list
+(``"10.0.0.1:50051,10.0.0.2:50051"``) or a DNS name (``"dns:///charlstm:50051"``); unary calls
+are then spread over the replicas by gRPC's ``round_robin``, and idempotent ones are retried on
+another replica after UNAVAILABLE (`charlstm.client.balancing`). A Stream session stays on the
+replica that opened it; with ``reopen_streams=True`` it is taken over by another replica, fed
+with its `transcript`, when its own goes away.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from charlstm.client.channel import (
     DEFAULT_TARGET,
     Tls,
     auth_metadata,
-    channel_options,
+    prepare_target,
     open_channel,
 )
 from charlstm.client.messages import CorpusSource
@@ -79,6 +80,10 @@ class CharLstmClient:
         max_message_bytes: largest message sent or received.
         options: extra gRPC channel arguments, such as ``[("grpc.lb_policy_name", "round_robin")]``.
         channel: an existing channel to use instead of opening one (not closed by `close`).
+        reopen_streams: when a Stream session's replica goes away (UNAVAILABLE), open a new
+            session (on another replica, with several) fed with the session's `transcript`
+            and carry on, instead of raising. Off by default: a reopened session continues
+            the same text but not the same random draws.
     """
 
     def __init__(
@@ -92,13 +97,18 @@ class CharLstmClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.Channel | None = None,
+        reopen_streams: bool = False,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retry = retry
         self._metadata = auth_metadata(token)
         self._owns_channel = channel is None
-        self._channel = channel or open_channel(target, tls, channel_options(max_message_bytes, options))
+        self.reopen_streams = reopen_streams
+        if channel is None:
+            grpc_target, channel_args = prepare_target(target, max_message_bytes, options)
+            channel = open_channel(grpc_target, tls, channel_args)
+        self._channel = channel
         self._stub = pb_grpc.CharLstmStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -280,7 +290,7 @@ class CharLstmClient:
             prefix=prefix,
         )  # fmt: skip
         start = lambda requests: self._stub.Stream(requests, metadata=self._metadata)  # noqa: E731
-        return StreamSession(start, request, self.timeout)
+        return StreamSession(start, request, self.timeout, reopen=self.reopen_streams)
 
     def evaluate(
         self,

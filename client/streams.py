@@ -23,6 +23,7 @@ import grpc
 
 from charlstm.client.errors import CharLstmError, DeadlineExceededError, error_for_code, from_rpc_error
 from charlstm.client.messages import stream_generate
+from charlstm.client.retry import Deadline, RetryPolicy, call_with_retry
 from charlstm.client.types import (
     CharDistribution,
     GeneratedChar,
@@ -176,6 +177,8 @@ def open_train_events(start: Callable[[], Any], timeout: float | None, what: str
 # --- Stream sessions ---------------------------------------------------------------------------
 
 _CLOSE = object()  # ends the request iterator: half-closes the call
+# Reopening a session lost to UNAVAILABLE: a few quick attempts, bounded by the client timeout.
+REOPEN_RETRY = RetryPolicy(max_attempts=6, initial_backoff=0.1, max_backoff=1.0)
 
 
 def unexpected_reply(reply: pb.StreamResponse | None, expected: str) -> CharLstmError:
@@ -260,15 +263,31 @@ class StreamSession(SessionProtocol):
         start_call: Callable[[Iterator[Any]], Any],
         open_request: pb.StreamRequest,
         timeout: float | None,
+        *,
+        reopen: bool = False,
     ) -> None:
         super().__init__()
         self._timeout = timeout
+        self._start_call = start_call
+        self._open_request = open_request
+        self._reopen = reopen
+        self.reopened = 0
+        """How many times the session was taken over by a new call (``reopen``)."""
+        self._remaining = 0  # characters of the current generation still to come
+        self._generate_request: pb.StreamRequest | None = None
+        self._open(open_request.open.prefix)
+
+    def _open(self, prefix: str) -> None:
+        """Starts the call, sends ``open`` (with ``prefix``) and reads its replies."""
+        request = pb.StreamRequest()
+        request.CopyFrom(self._open_request)
+        request.open.prefix = prefix
+        self._closed = False
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._reader = ResponseReader(start_call(iter(self._requests.get, _CLOSE)), "stream session")
+        self._reader = ResponseReader(self._start_call(iter(self._requests.get, _CLOSE)), "stream session")
         try:
-            self._requests.put(open_request)
-            self.info: SessionInfo = self._on_opened(self._reader.next(timeout))
-            prefix = open_request.open.prefix
+            self._requests.put(request)
+            self.info: SessionInfo = self._on_opened(self._reader.next(self._timeout))
             if prefix:
                 self._read_prediction()
                 self.transcript = prefix
@@ -276,23 +295,44 @@ class StreamSession(SessionProtocol):
             self._abort()
             raise
 
-    # -- actions --
+    def _take_over(self, error: CharLstmError) -> None:
+        """After UNAVAILABLE: a new call (gRPC picks a replica that is up) fed with the
+        transcript, so that the session's state is what it was. Raises ``error`` if the
+        session cannot be reopened, or if reopening is off."""
+        if not self._reopen or error.code != grpc.StatusCode.UNAVAILABLE:
+            raise error
+        transcript = self.transcript
+        deadline = Deadline(self._timeout)
+        # The first attempt may still be routed to the dying replica: retried with backoff.
+        call_with_retry(lambda _remaining: self._open(transcript), REOPEN_RETRY, deadline)
+        self.reopened += 1
+
+    # -- actions --    # -- actions --
 
     def feed(self, text: str) -> CharDistribution:
         """Feeds ``text`` into the state; returns the next-character distribution after it."""
         self._before_action()
-        self._requests.put(pb.StreamRequest(feed=pb.StreamFeed(text=text)))
-        distribution = self._read_prediction()
+        distribution = self._request_prediction(pb.StreamRequest(feed=pb.StreamFeed(text=text)))
         self.transcript += text
         return distribution
 
     def reset(self) -> CharDistribution:
         """Resets the state to zeros; returns the distribution from the empty state."""
         self._before_action()
-        self._requests.put(pb.StreamRequest(reset=pb.StreamReset()))
-        distribution = self._read_prediction()
+        distribution = self._request_prediction(pb.StreamRequest(reset=pb.StreamReset()))
         self.transcript = ""
         return distribution
+
+    def _request_prediction(self, request: pb.StreamRequest) -> CharDistribution:
+        """Sends ``request`` and reads its distribution, taking the session over elsewhere
+        (once) if its replica went away."""
+        try:
+            self._requests.put(request)
+            return self._read_prediction()
+        except CharLstmError as error:
+            self._take_over(error)
+        self._requests.put(request)
+        return self._read_prediction()
 
     def generate(
         self,
@@ -334,9 +374,11 @@ class StreamSession(SessionProtocol):
         The request is sent at once; abandoning the iterator early is fine (the rest of the
         generation is read, and fed into `transcript`, before the next action)."""
         self._before_action()
-        self._requests.put(
-            stream_generate(length, temperature, top_k, top_p, seed, max_chars_per_message)
+        self._generate_request = stream_generate(
+            length, temperature, top_k, top_p, seed, max_chars_per_message
         )
+        self._remaining = length
+        self._requests.put(self._generate_request)
         self._generation += 1
         self._generating = True
         return self._generated(self._generation)
@@ -346,7 +388,20 @@ class StreamSession(SessionProtocol):
             yield from self._read_generation_reply()
 
     def _read_generation_reply(self) -> list[GeneratedChar]:
-        return self._on_generation_reply(self._next_reply())
+        try:
+            generated = self._on_generation_reply(self._next_reply())
+        except CharLstmError as error:
+            self._take_over(error)
+            if self._remaining <= 0:
+                return []
+            # The rest of the generation, from the state the transcript rebuilt.
+            assert self._generate_request is not None
+            self._generate_request.generate.length = self._remaining
+            self._requests.put(self._generate_request)
+            self._generating = True
+            return []
+        self._remaining -= len(generated)
+        return generated
 
     def close(self) -> None:
         """Ends the session: half-closes the call so the server finishes it cleanly, then

@@ -25,6 +25,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from charlstm.service.store import S3Settings
+from charlstm.service.store.s3 import parse_bool
+
 __all__ = ["ServerConfig", "add_serve_arguments", "ENV_PREFIX"]
 
 ENV_PREFIX = "CHARLSTM_"
@@ -62,6 +65,18 @@ class ServerConfig:
     batching: str = "on"
     max_batch_size: int = 256
     batch_max_wait_ms: float = 2.0
+    refresh_seconds: float = 2.0
+    max_connection_age: float = 0.0  # 0: connections live for ever
+    max_connection_age_grace: float = 30.0
+    shared_store: bool = False
+    lease_seconds: float = 15.0
+    replica_id: str | None = None
+    # Object storage (--store s3://BUCKET/PREFIX); unset: boto3's AWS_* environment variables.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_single_writer: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +100,13 @@ class ServerConfig:
         if not self.idle_timeout > 0:
             raise ValueError(f"idle_timeout must be > 0 seconds (got {self.idle_timeout})")
         at_least("grace_period", 0)
+        at_least("refresh_seconds", 0)
+        at_least("max_connection_age", 0)
+        at_least("max_connection_age_grace", 0)
+        if not self.lease_seconds >= 1:
+            raise ValueError(f"lease_seconds must be >= 1 (got {self.lease_seconds})")
+        if self.replica_id is not None and not self.replica_id:
+            self.replica_id = None
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.log_format not in ("text", "json"):
@@ -101,12 +123,36 @@ class ServerConfig:
                 f"batch_max_wait_ms must be in [0, 1000] (got {self.batch_max_wait_ms})")
         if self.token is not None and not self.token:
             self.token = None
+        if self.s3_endpoint_url and not self.s3_endpoint_url.startswith(("http://", "https://")):
+            raise ValueError("s3_endpoint_url must start with http:// or https:// "
+                             f"(got {self.s3_endpoint_url!r})")
+
+    def s3_settings(self) -> S3Settings:
+        """How to reach an ``s3://`` store (ignored for a directory store)."""
+        return S3Settings(endpoint_url=self.s3_endpoint_url or None, region=self.s3_region or None,
+                          access_key_id=self.s3_access_key_id or None,
+                          secret_access_key=self.s3_secret_access_key or None,
+                          single_writer=self.s3_single_writer)
 
     @property
     def thread_pool_size(self) -> int:
         """Threads for the gRPC server: ``max_workers``, or enough for every stream plus
         some for unary calls when ``max_workers`` is 0."""
         return self.max_workers or self.max_streams + _UNARY_THREADS
+
+    @property
+    def store_is_shared(self) -> bool:
+        """True when other replicas may use the store: ``--shared-store``, or any store that is
+        not a local directory (``s3://...``)."""
+        scheme, sep, _ = self.store.partition("://")
+        return self.shared_store or bool(sep and scheme != "file")
+
+    @property
+    def effective_refresh_seconds(self) -> float:
+        """``refresh_seconds`` on a shared store. A store only this process writes to is read
+        on every request (0): cheap on a local directory, and a version saved by a tool beside
+        the server serves at once, as it always did."""
+        return self.refresh_seconds if self.store_is_shared else 0.0
 
     @property
     def metrics_enabled(self) -> bool:
@@ -134,6 +180,16 @@ def _port_or_off(text: str) -> int:
     return int(text)
 
 
+def _flag(text: str) -> bool:
+    """A boolean flag's value: ``--flag`` alone, or 1/0, true/false, yes/no, on/off."""
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
 def _size(text: str) -> int:
     """Bytes, with an optional K/M/G (binary) suffix: ``16M`` = 16 MiB."""
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
@@ -146,7 +202,8 @@ def _size(text: str) -> int:
 _HELP: dict[str, str] = {
     "host": "interface to listen on (0.0.0.0: all IPv4; :: for IPv6; 127.0.0.1: local only)",
     "port": "gRPC port (0: a free port)",
-    "store": "directory holding models, corpora and job records",
+    "store": "directory holding models, corpora and job records, or s3://BUCKET/PREFIX for "
+    "S3-compatible object storage shared by several servers",
     "max_workers": "RPC thread-pool size (0: max-streams + 16)",
     "max_jobs": "training jobs running at once; the rest queue",
     "max_queued_jobs": "training jobs waiting at once; more get RESOURCE_EXHAUSTED",
@@ -170,6 +227,25 @@ _HELP: dict[str, str] = {
     "together, one matrix product per step; off: each request steps the model alone",
     "max_batch_size": "most rows (sessions, Predict inputs) advanced by one batched step",
     "batch_max_wait_ms": "milliseconds a batched step may wait for requests about to arrive",
+    "refresh_seconds": "seconds a resolved 'latest' or label is reused before the store is read "
+    "again: a version written by another replica serves here within this time (0: every request)",
+    "max_connection_age": "seconds after which a client connection is asked to reconnect "
+    "(GOAWAY), so that load balancing reaches new replicas (0: never)",
+    "max_connection_age_grace": "seconds calls in flight (Stream sessions) keep a connection "
+    "past --max-connection-age",
+    "shared_store": "several replicas share this store: job records, corpora and job leases "
+    "are kept in the store, so every replica lists the same jobs and each job runs on one",
+    "lease_seconds": "with --shared-store: a running job's lease expires this long after its "
+    "replica stopped renewing it (renewed every third of it); the job is then reported failed",
+    "replica_id": "this replica's name in job leases (default: host name and process id)",
+    "s3_endpoint_url": "URL of an S3-compatible server, e.g. http://127.0.0.1:8333 (unset: "
+    "AWS_ENDPOINT_URL, else AWS S3)",
+    "s3_region": "region of the bucket (unset: AWS_REGION / AWS_DEFAULT_REGION)",
+    "s3_access_key_id": "access key for the object store (unset: AWS_ACCESS_KEY_ID or ~/.aws)",
+    "s3_secret_access_key": "secret key for the object store (unset: AWS_SECRET_ACCESS_KEY or "
+    "~/.aws); prefer the environment variable, command lines are visible to other users",
+    "s3_single_writer": "true: accept an object store that ignores conditional writes, "
+    "promising that this is the only process writing to it (otherwise it is refused)",
 }
 
 _TYPES: dict[str, Callable[[str], Any]] = {
@@ -179,6 +255,7 @@ _TYPES: dict[str, Callable[[str], Any]] = {
     "log_level": lambda text: text.strip().upper(),
     "log_format": lambda text: text.strip().lower(),
     "batching": lambda text: text.strip().lower(),
+    "s3_single_writer": parse_bool,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -200,6 +277,8 @@ def add_serve_arguments(
         default = f.default
         if f.name in _TYPES:
             convert = _TYPES[f.name]
+        elif isinstance(default, bool):
+            convert = _flag
         elif isinstance(default, int):
             convert = int
         elif isinstance(default, float):
@@ -213,12 +292,14 @@ def add_serve_arguments(
                 parser.error(f"environment variable {env_name}={env[env_name]!r} is not valid "
                              f"for {flag}")
         shown = "unset" if default is None else default
-        if f.name == "token" and default is not None:
+        if f.name in ("token", "s3_secret_access_key") and default is not None:
             shown = "set from the environment"  # never print the secret
         parser.add_argument(
             flag,
             dest=f.name,
             type=convert,
+            # A boolean flag alone means true (`--shared-store`); a value may follow.
+            **({"nargs": "?", "const": True} if convert is _flag else {}),
             default=default,
             choices=_CHOICES.get(f.name),
             metavar=f.name.upper(),

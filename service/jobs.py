@@ -23,8 +23,9 @@
   ``Train(resume_from_version=N)``.
 - **One manager per store.** An exclusive lock on ``<state_dir>/.lock`` keeps two servers on
   one local store from running the same job twice; a server that does not get the lock
-  serves the job records read-only and refuses new jobs. (A lease in the store replaces this
-  when replicas share an object store.)
+  serves the job records read-only and refuses new jobs. Replicas sharing a store
+  (``--shared-store``, or an object store) use :mod:`.shared_jobs` instead: records and
+  corpora in the store's records, and a lease per running job.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import errors, training_worker
 from .corpora import CorpusStore, atomic_write_bytes
@@ -101,6 +102,7 @@ class Job:
     best_val_loss: float | None = None
     outcome: dict | None = None  # the final event's fields
     worker_pid: int | None = None
+    replica: str = ""  # with replicas sharing a store: the one that runs or last ran the job
 
     @property
     def resume_point(self) -> int:
@@ -254,6 +256,7 @@ class JobManager:
         self._scheduler: threading.Thread | None = None
         self._lock_file: int | None = None
         self._read_only = False
+        self.on_checkpoint: Callable[[str], None] | None = None  # called with the model name
         self._started = False
         self._stopping = False
 
@@ -265,7 +268,6 @@ class JobManager:
             if self._started:
                 return
             self._started = True
-            self.state_dir.mkdir(parents=True, exist_ok=True)
             self._read_only = not self._take_lock()
             for job in self._load_records():
                 self._jobs[job.id] = job
@@ -424,10 +426,13 @@ class JobManager:
                 if self._stopping:
                     return
                 job = self._next_to_start()
+                if not self._claim(job):
+                    continue
                 try:
                     spec = self._worker_spec(job)
                 except errors.ServiceError as exc:  # its corpus has gone from the store
                     self._fail(job, exc.message)
+                    self._run_ended(job)
                     continue
                 run = _Run(job.id, self._ctx.Value("i", training_worker.RUN))
                 self._runs[job.id] = run
@@ -440,6 +445,14 @@ class JobManager:
                 self._changed.notify_all()
             # Outside the lock: starting a process takes a while and RPCs must not wait on it.
             self._launch(run, spec)
+
+    def _claim(self, job: Job) -> bool:
+        """Make ``job`` this process's to run (lock held); False if another process has it.
+        One manager per store needs no claim (see ``shared_jobs`` for replicas)."""
+        return True
+
+    def _run_ended(self, job: Job) -> None:
+        """A run of ``job`` here is over, its record written (lock held)."""
 
     def _next_to_start(self) -> Job | None:
         if len(self._runs) >= self.max_jobs:
@@ -458,6 +471,7 @@ class JobManager:
             hyperparameters=job.hyperparameters.to_dict(),
             resume_from_version=job.resume_from,
             parent_pid=os.getpid(),
+            store_settings=getattr(self.store, "settings", None),
         )
 
     def _launch(self, run: _Run, spec: training_worker.WorkerSpec) -> None:
@@ -476,6 +490,7 @@ class JobManager:
             with self._lock:
                 del self._runs[run.job_id]
                 self._fail(self._jobs[run.job_id], f"could not start a training worker: {exc}")
+                self._run_ended(self._jobs[run.job_id])
                 self._changed.notify_all()
             return
         # Our copy of the sending end must go, so that the reader sees EOF when the worker dies.
@@ -513,6 +528,7 @@ class JobManager:
             if run.final is None:
                 self._on_worker_lost(job, exitcode)
             del self._runs[run.job_id]
+            self._run_ended(job)
             self._clear_job_metrics(job.id)
             self._update_job_gauges()
             self._changed.notify_all()
@@ -573,6 +589,8 @@ class JobManager:
         if val_loss is not None and (job.best_val_loss is None or val_loss < job.best_val_loss):
             job.best_version, job.best_val_loss = version, float(val_loss)
         self._persist(job)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(job.model)
         log_event(log, "job_checkpoint", job_id=job.id, model=job.model, version=version,
                   step=entry["step"])
         self._publish(job, "checkpoint", version=version, step=entry["step"], val_loss=val_loss)
@@ -722,6 +740,7 @@ class JobManager:
         return max(mine, default=0)
 
     def _take_lock(self) -> bool:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

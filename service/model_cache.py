@@ -1,21 +1,30 @@
 """A bounded least-recently-used cache of models loaded from the checkpoint store.
 
-Every request resolves its model reference (``latest``, a label or a number) through the store
-*per call*, and the cache is keyed by the resolved ``(name, version)``: a version a training
-job has just written is served by the next request, without a restart, while versions in use
-stay loaded. Two requests needing the same uncached version wait for one load, not two.
+Requests name a model reference (``latest``, a label or a number); the cache is keyed by the
+resolved ``(name, version)``, so versions in use stay loaded while ``latest`` moves on. Two
+requests needing the same uncached version wait for one load, not two.
+
+Resolving ``latest`` or a label reads the store (a directory listing locally, a few requests on
+object storage), so a resolution is reused for ``refresh_seconds`` (``--refresh-seconds``) and
+then read again: a version written by another replica on the same store becomes servable here
+within that time. Changes made through this process (its own jobs' checkpoints, SetLabel,
+DeleteModel) call :meth:`ModelCache.forget` and are seen by the next request. A reference
+that does not resolve is never remembered; a remembered version deleted by another replica
+serves from memory until the period ends if it is loaded, and is resolved again at once if it
+is not. ``refresh_seconds`` 0 resolves on every request.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from charlstm.engine import CharLSTM, ConfigError, ModelConfig, Vocab
 from charlstm.service.errors import DataLoss
 from charlstm.service.metrics import Metrics
-from charlstm.service.store import CheckpointStore
+from charlstm.service.store import CheckpointStore, ModelNotFound, VersionNotFound
 
 __all__ = ["LoadedModel", "ModelCache"]
 
@@ -51,15 +60,19 @@ class _Loading:
 class ModelCache:
     """At most ``capacity`` loaded model versions, least recently used evicted first."""
 
-    def __init__(self, store: CheckpointStore, capacity: int = 8, metrics: Metrics | None = None):
+    def __init__(self, store: CheckpointStore, capacity: int = 8, metrics: Metrics | None = None,
+                 refresh_seconds: float = 0.0):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1 (got {capacity})")
         self.store = store
         self.capacity = capacity
+        self.refresh_seconds = float(refresh_seconds)
         self._metrics = metrics
         self._lock = threading.Lock()
         self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._loading: dict[tuple[str, int], _Loading] = {}
+        # (name, ref) -> (version, monotonic time it was resolved); bounded by the refs in use.
+        self._resolved: dict[tuple[str, int | str | None], tuple[int, float]] = {}
 
     def get(self, name: str, ref: int | str | None = None) -> LoadedModel:
         """The model ``name`` at ``ref`` (None/``latest``: newest; int: version; str: label).
@@ -67,8 +80,39 @@ class ModelCache:
         Raises the store's ModelNotFound/VersionNotFound/LabelNotFound/InvalidName, and
         :class:`DataLoss` when the checkpoint cannot be turned into a model.
         """
+        version, remembered = self._resolve(name, ref)
+        try:
+            return self.get_version(name, version)
+        except (ModelNotFound, VersionNotFound):
+            if not remembered:
+                raise
+            # Deleted (by another replica) since it was resolved: resolve afresh.
+            self.forget(name)
+            return self.get_version(name, self._resolve(name, ref)[0])
+
+    def _resolve(self, name: str, ref: int | str | None) -> tuple[int, bool]:
+        """The version ``ref`` names, and whether it came from a remembered resolution."""
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            return self.store.resolve(name, ref), False
+        key = (name, ref)
+        now = time.monotonic()
+        if self.refresh_seconds > 0:
+            with self._lock:
+                hit = self._resolved.get(key)
+            if hit is not None and now - hit[1] < self.refresh_seconds:
+                return hit[0], True
         version = self.store.resolve(name, ref)
-        return self.get_version(name, version)
+        if self.refresh_seconds > 0:
+            with self._lock:
+                self._resolved[key] = (version, now)
+        return version, False
+
+    def forget(self, name: str) -> None:
+        """Drop the remembered resolutions of ``name``'s references (``latest``, labels): the
+        next request reads them from the store. Call it after changing them in this process."""
+        with self._lock:
+            for key in [k for k in self._resolved if k[0] == name]:
+                del self._resolved[key]
 
     def get_version(self, name: str, version: int) -> LoadedModel:
         """The model ``name`` at exactly ``version``, loading it if needed."""
@@ -115,6 +159,7 @@ class ModelCache:
             for key in [k for k in self._models if k[0] == name and version in (None, k[1])]:
                 del self._models[key]
             self._report_size()
+        self.forget(name)
 
     def __len__(self) -> int:
         with self._lock:

@@ -75,6 +75,7 @@ class ModelRpcs:
             self.store.remove_label(name, label)
         else:
             self.store.set_label(name, label, int(request.version))
+        self.models.forget(name)  # the next request here resolves the label afresh
         return self._describe(name, with_versions=True)
 
     @rpc_errors

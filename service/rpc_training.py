@@ -149,9 +149,11 @@ class TrainingRpcs:
                 if event.kind == "interrupted":
                     version = event.data.get("last_version") or 0
                     where = f"from version {version}" if version else "from the start"
+                    when = ("on another replica" if self.config.store_is_shared
+                            else "when the server starts again")
                     raise errors.Unavailable(
-                        f"the server is shutting down; job {job_id} resumes {where} when the "
-                        "server starts again (reattach with WatchJob)")
+                        f"the server is shutting down; job {job_id} resumes {where} {when} "
+                        "(reattach with WatchJob)")
                 yield event_to_proto(event)
         finally:
             subscription.close()

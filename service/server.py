@@ -252,6 +252,22 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)])
 
 
+def _connection_age_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """Channel arguments that close client connections after ``--max-connection-age``.
+
+    Clients balancing over replicas (round_robin) only learn of a new replica when they
+    reconnect; a connection that lives for ever would keep its calls on the old ones. After the
+    age the server sends GOAWAY: new calls go over a new connection, calls in flight get the
+    grace period to finish. gRPC adds +-10% jitter so that clients do not all reconnect at once.
+    """
+    if config.max_connection_age <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace * 1000)),
+    ]
+
+
 def create_server(config: ServerConfig, *, metrics: Metrics | None = None) -> RunningServer:
     """Build and start a server for ``config``; returns once it is SERVING.
 
@@ -276,6 +292,7 @@ def create_server(config: ServerConfig, *, metrics: Metrics | None = None) -> Ru
             ("grpc.max_send_message_length", config.max_message_bytes),
             # Fail loudly if another process holds the port instead of sharing it.
             ("grpc.so_reuseport", 0),
+            *_connection_age_options(config),
         ],
     )
     charlstm_pb2_grpc.add_CharLstmServicer_to_server(servicer, server)
@@ -322,7 +339,9 @@ def create_server(config: ServerConfig, *, metrics: Metrics | None = None) -> Ru
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log_event(log, "server_started", address=config.host, port=port, metrics_port=metrics_port,
               store=config.store, tls=credentials is not None, auth=bool(config.token),
-              max_streams=config.max_streams, threads=config.thread_pool_size)
+              max_streams=config.max_streams, threads=config.thread_pool_size,
+              shared_store=config.store_is_shared,
+              replica=getattr(servicer.jobs, "replica_id", None))
     return RunningServer(
         config=config, server=server, servicer=servicer, health_servicer=health_servicer,
         admission=admission, metrics=metrics, port=port, metrics_port=metrics_port,

@@ -51,6 +51,7 @@ class WorkerSpec:
     hyperparameters: dict  # ResolvedHyperparameters.to_dict()
     resume_from_version: int  # 0: fresh start
     parent_pid: int
+    store_settings: Any = None  # S3Settings of an s3:// store (None: from the environment)
 
 
 class ParentGone(Exception):
@@ -135,7 +136,7 @@ def _train(spec: WorkerSpec, reporter: _Reporter, control) -> None:
     from charlstm.service.store import TrainingState, open_store
 
     hp = ResolvedHyperparameters.from_dict(spec.hyperparameters)
-    store = open_store(spec.store_location)
+    store = open_store(spec.store_location, spec.store_settings)
     text = Path(spec.corpus_path).read_text(encoding="utf-8")
 
     if spec.resume_from_version:

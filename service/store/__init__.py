@@ -2,28 +2,30 @@
 
 Training writes versions, serving reads them. Weights are safetensors under the engine's PyTorch
 names, metadata is JSON, and every read is checked against the sha256 recorded at save time. The
-interface (:class:`CheckpointStore`) hides the filesystem so that an object-storage backend can be
-added later; :class:`LocalStore` keeps checkpoints in a local directory.
+interface (:class:`CheckpointStore`) hides where versions live: :class:`LocalStore` keeps them in
+a local directory, :class:`S3Store` in S3-compatible object storage (boto3, the ``s3`` extra).
 """
 
 from __future__ import annotations
 
 import os
 
-from .base import Checkpoint, CheckpointStore, TrainingState, VersionInfo
+from .base import Checkpoint, CheckpointStore, Record, TrainingState, VersionInfo
 from .errors import (
     CorruptCheckpoint,
     InvalidName,
     LabelInUse,
     LabelNotFound,
     ModelNotFound,
+    RecordConflict,
     StoreError,
     StoreInputError,
     StoreWriteError,
     VersionNotFound,
 )
 from .local import LocalStore
-from .names import validate_label, validate_name
+from .s3 import S3Settings, S3Store
+from .names import validate_label, validate_name, validate_record_key
 
 __all__ = [
     "Checkpoint",
@@ -34,6 +36,10 @@ __all__ = [
     "LabelNotFound",
     "LocalStore",
     "ModelNotFound",
+    "Record",
+    "RecordConflict",
+    "S3Settings",
+    "S3Store",
     "StoreError",
     "StoreInputError",
     "StoreWriteError",
@@ -43,14 +49,14 @@ __all__ = [
     "open_store",
     "validate_label",
     "validate_name",
+    "validate_record_key",
 ]
 
 
-def open_store(location: str | os.PathLike) -> CheckpointStore:
-    """Open the store at ``location``: a directory path (or ``file://`` URL) for now.
-
-    Object-storage locations (``s3://BUCKET/PREFIX``) are recognised but not supported yet.
-    """
+def open_store(location: str | os.PathLike, s3: S3Settings | None = None) -> CheckpointStore:
+    """Open the store at ``location``: a directory path (or ``file://`` URL), or
+    ``s3://BUCKET/PREFIX`` for S3-compatible object storage, reached with ``s3`` (default:
+    :meth:`S3Settings.from_env`, then boto3's own ``AWS_*`` configuration)."""
     text = os.fspath(location)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
@@ -59,5 +65,7 @@ def open_store(location: str | os.PathLike) -> CheckpointStore:
         return LocalStore(text)
     if scheme == "file":
         return LocalStore(rest)
-    raise StoreError(f"store location {text!r}: the {scheme!r} backend is not available; "
-                     "use a directory path")
+    if scheme == "s3":
+        return S3Store(text, s3)
+    raise StoreError(f"store location {text!r}: unknown scheme {scheme!r}; use a directory "
+                     "path, file://PATH or s3://BUCKET/PREFIX")

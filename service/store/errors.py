@@ -63,3 +63,7 @@ class CorruptCheckpoint(StoreError):
 class StoreWriteError(StoreError):
     """A write failed (disk full, permission denied, I/O error). Whatever was half written has
     been removed: no new version, label or pointer became visible."""
+
+
+class RecordConflict(StoreError):
+    """A conditional write lost: the record changed or exists."""

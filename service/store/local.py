@@ -7,6 +7,8 @@ Layout under the root (the store owns ``<root>/models/`` and nothing else in ``<
     models/<name>/versions/<NNNNNNNN>/...  see base.py
     models/<name>/latest.json
     models/<name>/labels/<label>.json
+    records/...                            the records API (see local_records.py); created on
+                                           the first write
 
 A save writes and fsyncs every file of the version into a fresh folder under ``.tmp``, then,
 holding the model's lock, writes the manifest and renames the folder onto the next number; a
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import numbers
 import os
 import time
 from pathlib import Path
@@ -29,8 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from . import codec, files
-from .base import Checkpoint, CheckpointStore, TrainingState, VersionInfo, parse_ref
-from .codec import METADATA_FILE, TRAINING_META_FILE, TRAINING_TENSORS_FILE, WEIGHTS_FILE
+from .base import (
+    CheckpointStore,
+    Record,
+    TrainingState,
+    VersionInfo,
+    check_version_argument,
+)
+from .codec import METADATA_FILE
 from .errors import (
     CorruptCheckpoint,
     InvalidName,
@@ -38,10 +45,10 @@ from .errors import (
     LabelNotFound,
     ModelNotFound,
     StoreError,
-    StoreInputError,
     StoreWriteError,
     VersionNotFound,
 )
+from .local_records import LocalRecords
 from .names import check_no_case_clash, validate_label, validate_name
 
 log = logging.getLogger(__name__)
@@ -63,13 +70,6 @@ def _is_valid_name(name: str) -> bool:
     return True
 
 
-def _check_version_argument(version: object) -> int:
-    if not isinstance(version, numbers.Integral) or isinstance(version, bool):
-        raise StoreInputError("version", "version must be an integer >= 1 "
-                              f"(got {type(version).__name__})")
-    return int(version)
-
-
 class LocalStore(CheckpointStore):
     """Checkpoints in a directory on a local (POSIX) filesystem."""
 
@@ -85,6 +85,7 @@ class LocalStore(CheckpointStore):
         except OSError as exc:
             raise StoreWriteError(f"cannot create the checkpoint store at {self.root}: {exc}") from exc
         self._recover()
+        self._records = LocalRecords(self.root / "records")
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -175,10 +176,6 @@ class LocalStore(CheckpointStore):
                 return version, manifest
         return None
 
-    def _require_model(self, model: str) -> None:
-        if self._highest_complete(model) is None:
-            raise ModelNotFound(f"no model named {model!r} in the store")
-
     def _read_pointer(self, model: str, path: Path) -> int | None:
         """The version a pointer file names; None if it does not exist."""
         try:
@@ -193,8 +190,10 @@ class LocalStore(CheckpointStore):
             shown = path.relative_to(self._model_dir(model)).as_posix()
             raise CorruptCheckpoint(model, None, shown, f"not a valid pointer ({exc})") from None
 
+    def _label_target(self, model: str, label: str) -> int | None:
+        return self._read_pointer(model, self._labels_dir(model) / f"{label}.json")
+
     def _labels(self, model: str) -> dict[str, int]:
-        """Label -> version; unreadable label files are skipped with a warning."""
         try:
             entries = sorted(os.listdir(self._labels_dir(model)))
         except (FileNotFoundError, NotADirectoryError):
@@ -213,39 +212,6 @@ class LocalStore(CheckpointStore):
                 found[label] = version
         return found
 
-    def _resolve(self, model: str, kind: str, value: int | str | None) -> tuple[int, dict]:
-        """(version, intact manifest) for a parsed reference."""
-        if kind == "latest":
-            found = self._highest_complete(model)
-            if found is None:
-                raise ModelNotFound(f"no model named {model!r} in the store")
-            return found
-        if kind == "version":
-            assert isinstance(value, int)
-            if value >= 1:
-                manifest = self._manifest(model, value, strict=True)
-                if manifest is not None:
-                    return value, manifest
-            self._require_model(model)
-            known = [v for v, _ in self._complete_versions(model)]
-            raise VersionNotFound(f"model {model!r} has no version {value} "
-                                  f"(it has versions {_summarise(known)})")
-        assert isinstance(value, str)
-        self._require_model(model)
-        version = self._read_pointer(model, self._labels_dir(model) / f"{value}.json")
-        if version is None:
-            raise LabelNotFound(f"model {model!r} has no label {value!r} "
-                                f"(its labels: {sorted(self._labels(model)) or 'none'})")
-        manifest = self._manifest(model, version, strict=True)
-        if manifest is None:
-            raise VersionNotFound(f"label {value!r} of model {model!r} points at version "
-                                  f"{version}, which does not exist")
-        return version, manifest
-
-    def resolve(self, model: str, ref: int | str | None = None) -> int:
-        validate_name(model)
-        return self._resolve(model, *parse_ref(ref))[0]
-
     def _read_version_file(self, model: str, version: int, name: str, manifest: dict) -> bytes:
         """A version's file, checked against the manifest's size and sha256."""
         try:
@@ -258,23 +224,6 @@ class LocalStore(CheckpointStore):
             raise StoreError(f"cannot read {name} of model {model!r} version {version}: {exc}") from exc
         codec.check_file(model, version, name, data, manifest)
         return data
-
-    def load(self, model: str, ref: int | str | None = None, *,
-             with_training_state: bool = False) -> Checkpoint:
-        validate_name(model)
-        version, manifest = self._resolve(model, *parse_ref(ref))
-        weights = self._read_version_file(model, version, WEIGHTS_FILE, manifest)
-        tensors = codec.decode_tensors(model, version, WEIGHTS_FILE, weights, manifest["tensors"])
-        training_state = None
-        if with_training_state and codec.is_resumable(manifest):
-            state_tensors = self._read_version_file(model, version, TRAINING_TENSORS_FILE, manifest)
-            state_meta = self._read_version_file(model, version, TRAINING_META_FILE, manifest)
-            training_state = TrainingState(
-                tensors=codec.decode_tensors(model, version, TRAINING_TENSORS_FILE, state_tensors),
-                meta=codec.decode_json(model, version, TRAINING_META_FILE, state_meta),
-            )
-        return Checkpoint(model=model, version=version, tensors=tensors, metadata=manifest,
-                          training_state=training_state)
 
     def list_models(self) -> list[str]:
         return sorted(m for m in self._model_names_on_disk() if self._highest_complete(m))
@@ -302,11 +251,6 @@ class LocalStore(CheckpointStore):
                 resumable=codec.is_resumable(manifest),
             ))
         return infos
-
-    def labels(self, model: str) -> dict[str, int]:
-        validate_name(model)
-        self._require_model(model)
-        return self._labels(model)
 
     # --- Writing ----------------------------------------------------------------------------------
 
@@ -413,7 +357,7 @@ class LocalStore(CheckpointStore):
     def set_label(self, model: str, label: str, version: int) -> None:
         validate_name(model)
         validate_label(label)
-        version = _check_version_argument(version)
+        version = check_version_argument(version)
         try:
             with self._lock(model):
                 self._resolve(model, "version", version)  # complete, or VersionNotFound
@@ -449,7 +393,7 @@ class LocalStore(CheckpointStore):
     def delete(self, model: str, version: int | None = None) -> list[int]:
         validate_name(model)
         if version is not None:
-            version = _check_version_argument(version)
+            version = check_version_argument(version)
         try:
             with self._lock(model):
                 # Damaged versions count as present: deleting them is how an operator gets rid
@@ -513,6 +457,21 @@ class LocalStore(CheckpointStore):
         if purged:
             files.fsync_dir(self._versions_dir(model))
 
+    # --- Records ----------------------------------------------------------------------------------
+
+    def get_record(self, key: str) -> Record | None:
+        return self._records.get(key)
+
+    def put_record(self, key: str, data: bytes, *, if_match: str | None = None,
+                   if_absent: bool = False) -> str:
+        return self._records.put(key, data, if_match=if_match, if_absent=if_absent)
+
+    def delete_record(self, key: str, *, if_match: str | None = None) -> None:
+        self._records.delete(key, if_match=if_match)
+
+    def list_records(self, prefix: str) -> list[str]:
+        return self._records.list(prefix)
+
     # --- Recovery ---------------------------------------------------------------------------------
 
     def _recover(self) -> None:
@@ -559,10 +518,3 @@ class LocalStore(CheckpointStore):
                 files.replace_file(self._latest_file(model), codec.pointer_bytes(highest[0]),
                                    self._scratch)
 
-
-def _summarise(versions: list[int]) -> str:
-    if not versions:
-        return "none"
-    if len(versions) <= 6:
-        return ", ".join(map(str, versions))
-    return f"{versions[0]}..{versions[-1]} ({len(versions)} in all)"

@@ -73,3 +73,58 @@ def check_no_case_clash(name: str, existing: Iterable[str], what: str = "model")
         if other != name and other.lower() == folded:
             raise InvalidName(what, f"{what} name {name!r} differs only in letter case from the "
                               f"existing {what} {other!r}; names must differ in more than case")
+
+
+# --- Record keys ---------------------------------------------------------------------------------
+# A record key is a relative path: '/'-separated segments, each a name by the rule above but up to
+# 128 characters (content hashes fit). It becomes a file name locally and an object key on S3.
+
+MAX_KEY_LENGTH = 512
+_KEY_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+KEY_RULE = ("'/'-separated segments of [A-Za-z0-9._-], each starting with a letter or digit, at "
+            f"most 128 characters, without '..'; at most {MAX_KEY_LENGTH} characters in all")
+
+
+def _key_problem(key: str, *, prefix: bool) -> str | None:
+    if len(key) > MAX_KEY_LENGTH:
+        return f"is {len(key)} characters long"
+    segments = key.split("/")
+    if prefix:
+        # A prefix may end inside a segment ("jobs/job-") or at a separator ("jobs/"); only its
+        # last segment may be partial or empty.
+        *whole, last = segments
+        if last and not _KEY_SEGMENT.fullmatch(last):
+            return f"has a bad segment {_shown(last)}"
+        if ".." in last:
+            return "contains '..'"
+    else:
+        whole = segments
+    for segment in whole:
+        if not segment:
+            return "has an empty segment"
+        if ".." in segment:
+            return "contains '..'"
+        if not _KEY_SEGMENT.fullmatch(segment):
+            return f"has a bad segment {_shown(segment)}"
+    return None
+
+
+def validate_record_key(key: str) -> str:
+    """Return ``key`` unchanged if it is an acceptable record key, else raise :class:`InvalidName`."""
+    if not isinstance(key, str):
+        raise InvalidName("key", f"record key must be a string (got {type(key).__name__})")
+    problem = "is empty" if not key else _key_problem(key, prefix=False)
+    if problem is not None:
+        raise InvalidName("key", f"record key {_shown(key)} {problem}; allowed: {KEY_RULE}")
+    return key
+
+
+def validate_record_prefix(prefix: str) -> str:
+    """Validate a prefix for listing records: empty, or the start of a valid key."""
+    if not isinstance(prefix, str):
+        raise InvalidName("prefix", f"record prefix must be a string (got {type(prefix).__name__})")
+    problem = None if not prefix else _key_problem(prefix, prefix=True)
+    if problem is not None:
+        raise InvalidName("prefix", f"record prefix {_shown(prefix)} {problem}; allowed: the "
+                          f"start of a key, {KEY_RULE}")
+    return prefix

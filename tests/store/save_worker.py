@@ -1,11 +1,14 @@
 """A separate process that writes to a store, for the crash, concurrency and disk-full tests.
 
+ROOT is a store location: a directory, or s3://BUCKET/PREFIX with the CHARLSTM_S3_* environment
+variables saying how to reach it.
+
     save_worker.py pause ROOT MODEL SEED PAUSE_AT [OPERATION]
         Do one OPERATION: "save" (the default: save one version with a training state),
         "delete" (delete the latest version) or "label" (point label "stable" at the latest
-        version). Just before the PAUSE_AT-th file-system call it makes, print
-        "PAUSE <n> <call>" and wait for a line on stdin: the test kills the process there, or
-        lets it go on. PAUSE_AT 0 never pauses. Ends with "CALLS <n>" and "DONE <result>".
+        version). Just before the PAUSE_AT-th file-system call (local) or S3 request it makes,
+        print "PAUSE <n> <call>" and wait for a line on stdin: the test kills the process there,
+        or lets it go on. PAUSE_AT 0 never pauses. Ends with "CALLS <n>" and "DONE <result>".
     save_worker.py loop ROOT MODEL SEED
         Print "READY", then save versions with seeds SEED, SEED+1, ... until killed, printing
         "SAVED <version> <seed>" after each.
@@ -31,7 +34,8 @@ import numpy as np
 
 from sample_data import random_tensors, random_training_tensors, sample_metadata
 
-from charlstm.service.store import LocalStore, StoreError, TrainingState
+from charlstm.service.store import CheckpointStore, LocalStore, S3Store, StoreError, TrainingState
+from charlstm.service.store import open_store
 
 # The calls through which the store changes the file system (pathlib and shutil use them too).
 WATCHED_CALLS = [(os, "mkdir"), (os, "open"), (os, "write"), (os, "fsync"), (os, "close"),
@@ -41,27 +45,37 @@ WATCHED_CALLS = [(os, "mkdir"), (os, "open"), (os, "write"), (os, "fsync"), (os,
 class Tripwire:
     """Counts watched calls while armed and pauses before the ``pause_at``-th one."""
 
-    def __init__(self, pause_at: int) -> None:
+    def __init__(self, pause_at: int, store: CheckpointStore) -> None:
         self.pause_at = pause_at
         self.calls = 0
         self.armed = False
-        for module, name in WATCHED_CALLS:
-            setattr(module, name, self._wrap(getattr(module, name), name))
+        if isinstance(store, S3Store):
+            # Every S3 request passes this event just before it is sent.
+            store._client.meta.events.register("before-send.s3", self._before_send)
+        else:
+            for module, name in WATCHED_CALLS:
+                setattr(module, name, self._wrap(getattr(module, name), name))
+
+    def _count(self, name: str) -> None:
+        if self.armed:
+            self.calls += 1
+            if self.calls == self.pause_at:
+                self.armed = False
+                print(f"PAUSE {self.calls} {name}", flush=True)
+                sys.stdin.readline()
+                self.armed = True
+
+    def _before_send(self, event_name: str, **kwargs) -> None:
+        self._count(event_name.rsplit(".", 1)[-1])  # PutObject, GetObject, ListObjectsV2, ...
 
     def _wrap(self, real, name):
         def watched(*args, **kwargs):
-            if self.armed:
-                self.calls += 1
-                if self.calls == self.pause_at:
-                    self.armed = False
-                    print(f"PAUSE {self.calls} {name}", flush=True)
-                    sys.stdin.readline()
-                    self.armed = True
+            self._count(name)
             return real(*args, **kwargs)
         return watched
 
 
-def save_one(store: LocalStore, model: str, seed: int) -> int:
+def save_one(store: CheckpointStore, model: str, seed: int) -> int:
     state = TrainingState(random_training_tensors(seed), {"step": seed, "seed": seed})
     return store.save(model, random_tensors(seed), dict(sample_metadata(step=seed), seed=seed),
                       training_state=state)
@@ -72,9 +86,9 @@ def main(argv: list[str]) -> None:
     if mode == "pause":
         seed, pause_at = int(argv[3]), int(argv[4])
         operation = argv[5] if len(argv) > 5 else "save"
-        store = LocalStore(root)
+        store = open_store(root)
         latest = store.resolve(model) if operation != "save" else None
-        tripwire = Tripwire(pause_at)
+        tripwire = Tripwire(pause_at, store)
         tripwire.armed = True
         if operation == "save":
             result = save_one(store, model, seed)
@@ -88,7 +102,7 @@ def main(argv: list[str]) -> None:
         print(f"CALLS {tripwire.calls}", flush=True)
         print(f"DONE {result}", flush=True)
     elif mode == "loop":
-        store = LocalStore(root)
+        store = open_store(root)
         print("READY", flush=True)
         seed = int(argv[3])
         while True:
@@ -96,7 +110,7 @@ def main(argv: list[str]) -> None:
             seed += 1
     elif mode == "writer":
         writer, count, go_file = int(argv[3]), int(argv[4]), argv[5]
-        store = LocalStore(root)
+        store = open_store(root)
         print("READY", flush=True)
         while not os.path.exists(go_file):
             time.sleep(0.001)

@@ -4,37 +4,37 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from charlstm.service.store import (
+    CheckpointStore,
     LabelInUse,
     LabelNotFound,
-    LocalStore,
     ModelNotFound,
     StoreInputError,
     VersionNotFound,
 )
 
-from .conftest import assert_same_tensors, scratch_entries
+from .backends import version_file
+from .conftest import assert_same_tensors
 from .sample_data import random_tensors, sample_metadata
 
 MODEL = "m"
 
 
-def save_versions(store: LocalStore, count: int, val_losses: list | None = None) -> None:
+def save_versions(store: CheckpointStore, count: int, val_losses: list | None = None) -> None:
     for i in range(count):
         loss = val_losses[i] if val_losses else None
         store.save(MODEL, random_tensors(i + 1), sample_metadata(step=i + 1, val_loss=loss))
 
 
-def latest_pointer(root: Path) -> int | None:
-    path = root / "models" / MODEL / "latest.json"
-    return json.loads(path.read_text())["version"] if path.exists() else None
+def latest_pointer(backend) -> int | None:
+    path = f"models/{MODEL}/latest.json"
+    return json.loads(backend.read(path))["version"] if backend.exists(path) else None
 
 
-def test_labels_point_only_at_complete_versions(store: LocalStore) -> None:
+def test_labels_point_only_at_complete_versions(store: CheckpointStore) -> None:
     save_versions(store, 2)
     with pytest.raises(VersionNotFound):
         store.set_label(MODEL, "stable", 3)
@@ -45,7 +45,7 @@ def test_labels_point_only_at_complete_versions(store: LocalStore) -> None:
     assert store.labels(MODEL) == {}
 
 
-def test_labels_move_and_are_removed(store: LocalStore) -> None:
+def test_labels_move_and_are_removed(store: CheckpointStore) -> None:
     save_versions(store, 3)
     store.set_label(MODEL, "stable", 1)
     store.set_label(MODEL, "canary", 3)
@@ -61,7 +61,7 @@ def test_labels_move_and_are_removed(store: LocalStore) -> None:
         store.load(MODEL, "stable")
 
 
-def test_a_labelled_version_cannot_be_deleted(store: LocalStore) -> None:
+def test_a_labelled_version_cannot_be_deleted(store: CheckpointStore) -> None:
     save_versions(store, 2)
     store.set_label(MODEL, "stable", 1)
     with pytest.raises(LabelInUse, match="stable"):
@@ -71,7 +71,7 @@ def test_a_labelled_version_cannot_be_deleted(store: LocalStore) -> None:
     assert store.delete(MODEL, 1) == [1]
 
 
-def test_deleting_a_middle_version(store: LocalStore, store_root: Path) -> None:
+def test_deleting_a_middle_version(backend, store: CheckpointStore) -> None:
     save_versions(store, 3)
     assert store.delete(MODEL, 2) == [2]
     assert [i.version for i in store.list_versions(MODEL)] == [1, 3]
@@ -80,32 +80,32 @@ def test_deleting_a_middle_version(store: LocalStore, store_root: Path) -> None:
     with pytest.raises(VersionNotFound):
         store.delete(MODEL, 2)
     assert store.resolve(MODEL) == 3
-    assert not (store_root / "models" / MODEL / "versions" / "00000002").exists()
-    assert scratch_entries(store_root) == []
+    assert not backend.exists(f"models/{MODEL}/versions/00000002")
+    assert backend.leftovers() == []
 
 
 def test_deleting_the_latest_version_moves_latest_back_and_never_reuses_its_number(
-        store: LocalStore, store_root: Path) -> None:
+        backend, store: CheckpointStore) -> None:
     save_versions(store, 3)
     assert store.delete(MODEL, 3) == [3]
-    assert store.resolve(MODEL) == 2 and latest_pointer(store_root) == 2
+    assert store.resolve(MODEL) == 2 and latest_pointer(backend) == 2
     assert_same_tensors(store.load(MODEL).tensors, random_tensors(2))
     # A client that remembers "version 3" must never get different weights under that number.
     assert store.save(MODEL, random_tensors(9), sample_metadata()) == 4
-    assert LocalStore(store_root).save(MODEL, random_tensors(10), sample_metadata()) == 5
+    assert backend.open().save(MODEL, random_tensors(10), sample_metadata()) == 5
     assert [i.version for i in store.list_versions(MODEL)] == [1, 2, 4, 5]
 
 
-def test_deleting_the_last_version_deletes_the_model(store: LocalStore, store_root: Path) -> None:
+def test_deleting_the_last_version_deletes_the_model(backend, store: CheckpointStore) -> None:
     save_versions(store, 1)
     assert store.delete(MODEL, 1) == [1]
     assert store.list_models() == []
     with pytest.raises(ModelNotFound):
         store.load(MODEL)
-    assert not (store_root / "models" / MODEL).exists()
+    assert not backend.exists(f"models/{MODEL}")
 
 
-def test_deleting_a_whole_model(store: LocalStore, store_root: Path) -> None:
+def test_deleting_a_whole_model(backend, store: CheckpointStore) -> None:
     save_versions(store, 3)
     store.save("other", random_tensors(0), {})
     store.set_label(MODEL, "stable", 2)
@@ -115,21 +115,21 @@ def test_deleting_a_whole_model(store: LocalStore, store_root: Path) -> None:
                  lambda: store.delete(MODEL), lambda: store.list_versions(MODEL)):
         with pytest.raises(ModelNotFound):
             call()
-    assert not (store_root / "models" / MODEL).exists()
-    assert scratch_entries(store_root) == []
+    assert not backend.exists(f"models/{MODEL}")
+    assert backend.leftovers() == []
     assert store.save(MODEL, random_tensors(5), {}) == 1  # a new model of the same name
     assert store.labels(MODEL) == {}
     assert_same_tensors(store.load("other").tensors, random_tensors(0))
 
 
-def test_a_damaged_version_can_still_be_deleted(store: LocalStore) -> None:
+def test_a_damaged_version_can_still_be_deleted(backend, store: CheckpointStore) -> None:
     save_versions(store, 2)
-    (store.version_path(MODEL, 2) / "metadata.json").write_text("{}")
+    backend.write(version_file(MODEL, 2, "metadata.json"), b"{}")
     assert store.delete(MODEL, 2) == [2]
     assert [i.version for i in store.list_versions(MODEL)] == [1]
 
 
-def test_retention_keeps_last_n_labelled_and_best(store: LocalStore) -> None:
+def test_retention_keeps_last_n_labelled_and_best(store: CheckpointStore) -> None:
     #            v1   v2   v3   v4   v5   v6   v7   v8
     losses = [3.0, 2.0, 0.5, 0.9, 1.0, None, 1.2, 1.1]
     save_versions(store, 8, losses)
@@ -143,20 +143,20 @@ def test_retention_keeps_last_n_labelled_and_best(store: LocalStore) -> None:
     assert store.apply_retention(MODEL, keep_last=2) == []  # idempotent
 
 
-def test_retention_ignores_missing_and_non_finite_losses(store: LocalStore) -> None:
+def test_retention_ignores_missing_and_non_finite_losses(store: CheckpointStore) -> None:
     save_versions(store, 5, [None, math.nan, 2.0, math.inf, 3.0])
     assert store.apply_retention(MODEL, keep_last=1) == [1, 2, 4]
     assert [i.version for i in store.list_versions(MODEL)] == [3, 5]
 
 
-def test_retention_keeping_more_than_exist_deletes_nothing(store: LocalStore) -> None:
+def test_retention_keeping_more_than_exist_deletes_nothing(store: CheckpointStore) -> None:
     save_versions(store, 3)
     assert store.apply_retention(MODEL, keep_last=10) == []
     assert len(store.list_versions(MODEL)) == 3
 
 
 @pytest.mark.parametrize("keep_last", [0, -1, 1.5, True, "2"])
-def test_retention_needs_at_least_one_version_kept(store: LocalStore, keep_last: object) -> None:
+def test_retention_needs_at_least_one_version_kept(store: CheckpointStore, keep_last: object) -> None:
     save_versions(store, 2)
     with pytest.raises(StoreInputError, match="keep_last must be an integer >= 1") as info:
         store.apply_retention(MODEL, keep_last)  # type: ignore[arg-type]
@@ -164,11 +164,12 @@ def test_retention_needs_at_least_one_version_kept(store: LocalStore, keep_last:
     assert len(store.list_versions(MODEL)) == 2
 
 
-def test_list_versions_reports_sizes_and_labels(store: LocalStore) -> None:
+def test_list_versions_reports_sizes_and_labels(backend, store: CheckpointStore) -> None:
     save_versions(store, 2)
     store.set_label(MODEL, "b", 2)
     store.set_label(MODEL, "a", 2)
     infos = store.list_versions(MODEL)
     assert infos[1].labels == ["a", "b"]
-    folder = store.version_path(MODEL, 1)
-    assert infos[0].size_bytes == sum(p.stat().st_size for p in folder.iterdir())
+    folder = version_file(MODEL, 1, "")
+    assert infos[0].size_bytes == sum(len(backend.read(path)) for path in backend.listing()
+                                      if path.startswith(folder))

@@ -11,6 +11,7 @@ import pytest
 
 from charlstm.service.store import (
     Checkpoint,
+    CheckpointStore,
     LabelNotFound,
     LocalStore,
     ModelNotFound,
@@ -21,11 +22,12 @@ from charlstm.service.store import (
     open_store,
 )
 
+from .backends import version_file
 from .conftest import assert_same_tensors, scratch_entries
 from .sample_data import random_tensors, random_training_tensors, sample_metadata
 
 
-def test_save_list_load_and_resolve(store: LocalStore) -> None:
+def test_save_list_load_and_resolve(store: CheckpointStore) -> None:
     saved = {seed: random_tensors(seed) for seed in (1, 2, 3)}
     versions = [store.save("shakespeare", saved[seed], sample_metadata(step=100 * seed))
                 for seed in (1, 2, 3)]
@@ -52,7 +54,7 @@ def test_save_list_load_and_resolve(store: LocalStore) -> None:
     assert [i.labels for i in store.list_versions("shakespeare")] == [[], ["stable"], []]
 
 
-def test_metadata_comes_back_with_the_store_fields(store: LocalStore) -> None:
+def test_metadata_comes_back_with_the_store_fields(backend, store: CheckpointStore) -> None:
     metadata = sample_metadata(step=42, val_loss=0.875)
     metadata["val_curve"] = [[10, 2.5], [20, 1.25], [42, 0.875]]
     metadata["note"] = "ünïcödé ☃ and \"quotes\""
@@ -68,17 +70,17 @@ def test_metadata_comes_back_with_the_store_fields(store: LocalStore) -> None:
     assert isinstance(loaded["package_version"], str) and loaded["package_version"]
     assert loaded["tensors"] == {name: {"dtype": "float32", "shape": list(a.shape)}
                                  for name, a in tensors.items()}
-    weights = store.version_path("m", version) / "weights.safetensors"
+    weights = backend.read(version_file("m", version, "weights.safetensors"))
     assert loaded["files"]["weights.safetensors"] == {
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "size": weights.stat().st_size,
+        "sha256": hashlib.sha256(weights).hexdigest(),
+        "size": len(weights),
     }
-    # The file on disk is plain JSON a person can read.
-    on_disk = json.loads((store.version_path("m", version) / "metadata.json").read_text())
+    # The stored file is plain JSON a person can read.
+    on_disk = json.loads(backend.read(version_file("m", version, "metadata.json")))
     assert on_disk["corpus"] == metadata["corpus"]
 
 
-def test_callers_cannot_forge_the_store_fields(store: LocalStore) -> None:
+def test_callers_cannot_forge_the_store_fields(store: CheckpointStore) -> None:
     forged = dict(sample_metadata(), model="other", version=99, files={}, created=0.0)
     version = store.save("m", random_tensors(0), forged)
     loaded = store.load("m").metadata
@@ -86,7 +88,7 @@ def test_callers_cannot_forge_the_store_fields(store: LocalStore) -> None:
     assert "weights.safetensors" in loaded["files"] and loaded["created"] > 0
 
 
-def test_a_loaded_checkpoint_saved_again_becomes_a_new_version(store: LocalStore) -> None:
+def test_a_loaded_checkpoint_saved_again_becomes_a_new_version(store: CheckpointStore) -> None:
     store.save("m", random_tensors(0), sample_metadata())
     first = store.load("m")
     assert store.save("m", first.tensors, first.metadata) == 2
@@ -95,7 +97,7 @@ def test_a_loaded_checkpoint_saved_again_becomes_a_new_version(store: LocalStore
     assert second.metadata["version"] == 2
 
 
-def test_training_state_round_trip(store: LocalStore) -> None:
+def test_training_state_round_trip(store: CheckpointStore) -> None:
     state = TrainingState(tensors=random_training_tensors(5),
                           meta={"step": 500, "rng": {"state": [1, 2, 3]}, "position": 12345,
                                 "best_val_loss": 1.5})
@@ -112,7 +114,7 @@ def test_training_state_round_trip(store: LocalStore) -> None:
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int8", "int32", "int64",
                                    "uint8", "uint32", "bool"])
-def test_every_supported_dtype_round_trips(store: LocalStore, dtype: str) -> None:
+def test_every_supported_dtype_round_trips(store: CheckpointStore, dtype: str) -> None:
     rng = np.random.default_rng(0)
     tensors = {
         "matrix": (rng.standard_normal((3, 5)) * 50).astype(dtype),
@@ -123,7 +125,7 @@ def test_every_supported_dtype_round_trips(store: LocalStore, dtype: str) -> Non
     assert_same_tensors(store.load("m").tensors, tensors)
 
 
-def test_non_contiguous_and_big_endian_arrays_are_stored_by_value(store: LocalStore) -> None:
+def test_non_contiguous_and_big_endian_arrays_are_stored_by_value(store: CheckpointStore) -> None:
     base = np.arange(24, dtype=np.float32).reshape(4, 6)
     tensors = {"strided": base[:, ::2], "transposed": base.T,
                "big_endian": base.astype(">f8")}
@@ -135,7 +137,7 @@ def test_non_contiguous_and_big_endian_arrays_are_stored_by_value(store: LocalSt
     assert loaded["big_endian"].dtype == np.float64
 
 
-def test_loaded_arrays_are_independent_writable_copies(store: LocalStore) -> None:
+def test_loaded_arrays_are_independent_writable_copies(store: CheckpointStore) -> None:
     tensors = random_tensors(0)
     store.save("m", tensors, {})
     first = store.load("m").tensors["decoder.weight"]
@@ -143,18 +145,19 @@ def test_loaded_arrays_are_independent_writable_copies(store: LocalStore) -> Non
     assert_same_tensors(store.load("m").tensors, tensors)
 
 
-def test_a_reopened_store_sees_everything(store_root: Path) -> None:
-    store = LocalStore(store_root)
+def test_a_reopened_store_sees_everything(backend) -> None:
+    store = backend.open()
     store.save("a", random_tensors(1), sample_metadata())
     store.save("b", random_tensors(2), sample_metadata())
     store.set_label("b", "canary", 1)
-    again = LocalStore(store_root)
+    again = backend.open()
     assert again.list_models() == ["a", "b"]
     assert again.labels("b") == {"canary": 1}
     assert_same_tensors(again.load("a").tensors, random_tensors(1))
 
 
-def test_on_disk_layout(store: LocalStore, store_root: Path) -> None:
+def test_on_disk_layout(local_store: CheckpointStore, store_root: Path) -> None:
+    store = local_store
     store.save("m", random_tensors(0), sample_metadata(),
                training_state=TrainingState(random_training_tensors(0), {"step": 1}))
     store.set_label("m", "stable", 1)
@@ -169,7 +172,7 @@ def test_on_disk_layout(store: LocalStore, store_root: Path) -> None:
     assert [p.name for p in store_root.iterdir()] == ["models"]
 
 
-def test_references_that_name_nothing(store: LocalStore) -> None:
+def test_references_that_name_nothing(store: CheckpointStore) -> None:
     with pytest.raises(ModelNotFound, match="nope"):
         store.load("nope")
     with pytest.raises(ModelNotFound):
@@ -197,15 +200,16 @@ def test_references_that_name_nothing(store: LocalStore) -> None:
     ({"": np.zeros(2)}, "names"),
     ({"__metadata__": np.zeros(2)}, "names"),
 ])
-def test_tensors_that_cannot_be_stored_are_refused(store: LocalStore, store_root: Path,
+def test_tensors_that_cannot_be_stored_are_refused(backend, store: CheckpointStore,
                                                    tensors: object, message: str) -> None:
+    before = backend.listing()
     with pytest.raises(StoreInputError, match=message) as info:
         store.save("m", tensors, {})
     assert info.value.field == "tensors"
-    assert store.list_models() == [] and scratch_entries(store_root) == []
+    assert store.list_models() == [] and backend.listing() == before
 
 
-def test_metadata_that_is_not_json_is_refused(store: LocalStore) -> None:
+def test_metadata_that_is_not_json_is_refused(store: CheckpointStore) -> None:
     with pytest.raises(StoreInputError) as info:
         store.save("m", random_tensors(0), {"when": object()})
     assert info.value.field == "metadata"
@@ -221,5 +225,7 @@ def test_open_store(tmp_path: Path) -> None:
     assert isinstance(open_store(str(tmp_path / "a")), LocalStore)
     by_url = open_store(f"file://{tmp_path / 'b'}")
     assert isinstance(by_url, LocalStore) and by_url.root == tmp_path / "b"
-    with pytest.raises(StoreError, match="s3"):
-        open_store("s3://bucket/prefix")
+    with pytest.raises(StoreError, match="unknown scheme 'ftp'"):
+        open_store("ftp://host/path")
+    with pytest.raises(StoreError, match="not a valid bucket name"):
+        open_store("s3://Bad_Bucket/prefix")

@@ -26,6 +26,12 @@ WATCHED_CALLS = [(os, "mkdir"), (os, "open"), (os, "write"), (os, "fsync"), (os,
                  (os, "rename"), (os, "replace"), (os, "unlink"), (fcntl, "flock")]
 
 
+@pytest.fixture
+def store(local_store: LocalStore) -> LocalStore:
+    """Disk-full failures are about the local backend's file-system calls."""
+    return local_store
+
+
 class DiskFullAt:
     """Make the ``fail_at``-th watched call fail with ENOSPC; count calls."""
 

@@ -59,6 +59,7 @@ class ServerConfig:
     log_format: str = "text"
     model_cache_size: int = 8
     grace_period: float = 15.0
+    train_ranks: int = 1  # > 1: each job trains data-parallel under `mpirun -np train_ranks`
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,6 +83,7 @@ class ServerConfig:
         if not self.idle_timeout > 0:
             raise ValueError(f"idle_timeout must be > 0 seconds (got {self.idle_timeout})")
         at_least("grace_period", 0)
+        at_least("train_ranks", 1)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.log_format not in ("text", "json"):
@@ -157,6 +159,8 @@ _HELP: dict[str, str] = {
     "log_format": "text (key=value) or json, one line per event",
     "model_cache_size": "model versions kept loaded in memory (least recently used go first)",
     "grace_period": "seconds in-flight calls and running jobs get to finish on SIGTERM/SIGINT",
+    "train_ranks": "MPI ranks per training job: above 1, each job trains data-parallel under "
+    "`mpirun -np N` (needs OpenMPI and the `mpi` extra)",
 }
 
 _TYPES: dict[str, Callable[[str], Any]] = {

@@ -50,6 +50,7 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
         self.jobs = JobManager(
             self.store, self.corpora, state_dir=root / "jobs", max_jobs=config.max_jobs,
             max_queued=config.max_queued_jobs, metrics=self.metrics, store_location=config.store,
+            train_ranks=config.train_ranks,
         )
         self.stepper = stepper if stepper is not None else Stepper()
         self.models = ModelCache(self.store, capacity=config.model_cache_size,

@@ -140,7 +140,12 @@ class MpiWorker:
 
     @property
     def exitcode(self) -> int | None:
-        return None if self._popen is None else self._popen.poll()
+        """mpirun's exit status; negative for a signal, as multiprocessing reports it. mpirun
+        exits with 128 + N when a rank was killed by signal N, which is reported as -N too."""
+        code = None if self._popen is None else self._popen.poll()
+        if code is not None and 128 < code <= 128 + 64:
+            return -(code - 128)
+        return code
 
     def is_alive(self) -> bool:
         return self._popen is not None and self._popen.poll() is None

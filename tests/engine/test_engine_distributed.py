@@ -2,14 +2,13 @@
 (float64, to 1e-10), and the communicator seam itself.
 
 The mpirun tests need OpenMPI's ``mpirun`` and mpi4py (the ``mpi`` extra); without them they
-skip, saying what is missing. ``.ci/run`` installs both and runs them.
+skip, saying what is missing (see the ``mpirun`` fixture). ``.ci/run`` installs both.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,24 +26,9 @@ SCRIPT = Path(__file__).parent / "mpi_training_script.py"
 STEPS = 20
 
 
-def mpirun_command(ranks: int) -> list[str]:
-    """``mpirun -np ranks`` for this machine (skips the test when MPI is missing)."""
-    mpirun = shutil.which("mpirun")
-    if mpirun is None:
-        pytest.skip("mpirun not found: install OpenMPI (apt-get install openmpi-bin libopenmpi-dev)")
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        pytest.skip("mpi4py not installed: pip install 'charlstm[mpi]'")
-    cmd = [mpirun, "-np", str(ranks), "--oversubscribe"]
-    if os.geteuid() == 0:
-        cmd.append("--allow-run-as-root")  # CI runs as root; OpenMPI refuses it otherwise
-    return cmd
-
-
-def run_ranks(tmp_path: Path, ranks: int, batch_size: int) -> dict:
+def run_ranks(mpirun: list[str], tmp_path: Path, ranks: int, batch_size: int) -> dict:
     out = tmp_path / f"np{ranks}-b{batch_size}.pkl"
-    cmd = mpirun_command(ranks) + [sys.executable, str(SCRIPT), str(out), str(batch_size), str(STEPS)]
+    cmd = mpirun + [str(ranks), sys.executable, str(SCRIPT), str(out), str(batch_size), str(STEPS)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     with open(out, "rb") as f:
@@ -53,8 +37,8 @@ def run_ranks(tmp_path: Path, ranks: int, batch_size: int) -> dict:
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("batch_size", [6, 5], ids=["even-split", "uneven-split"])
-def test_two_ranks_train_the_single_process_model(tmp_path, batch_size):
-    got = run_ranks(tmp_path, 2, batch_size)
+def test_two_ranks_train_the_single_process_model(mpirun, tmp_path, batch_size):
+    got = run_ranks(mpirun, tmp_path, 2, batch_size)
     single = setup(batch_size, STEPS)
     reports = list(single.run())
     assert got["size"] == 2

@@ -1,14 +1,13 @@
 """``charlstm serve --train-ranks 2``: jobs train under a real ``mpirun -np 2`` through the real
 client; cancelling and draining end every rank; a missing mpirun is a clear start-up error.
 
-The mpirun tests need OpenMPI and mpi4py (the ``mpi`` extra) and skip without them, saying so;
-``.ci/run`` installs both.
+The mpirun tests need OpenMPI and mpi4py (the ``mpi`` extra) and skip without them, saying so
+(see the ``mpirun`` fixture); ``.ci/run`` installs both.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,6 @@ except ImportError:  # tests/service is not a package
 
 TINY = dict(embedding_size=8, hidden_size=16, num_layers=1, seq_len=16, batch_size=4,
             learning_rate=0.01, eval_every=40, checkpoint_every=50)
-
-
-@pytest.fixture
-def mpi_available(monkeypatch):
-    if shutil.which("mpirun") is None:
-        pytest.skip("mpirun not found: install OpenMPI (apt-get install openmpi-bin libopenmpi-dev)")
-    pytest.importorskip("mpi4py", reason="mpi4py not installed: pip install 'charlstm[mpi]'")
-    if os.geteuid() == 0:  # CI runs as root, which OpenMPI refuses unless told
-        monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 
 
 def rank_processes() -> dict[int, int]:
@@ -71,7 +60,7 @@ def first_progress(events):
 
 
 @pytest.mark.mpi
-def test_a_job_trains_on_two_ranks_and_its_model_serves(mpi_available, start_server):
+def test_a_job_trains_on_two_ranks_and_its_model_serves(mpirun, start_server):
     running = start_server(train_ranks=2)
     with CharLstmClient(f"127.0.0.1:{running.port}") as client:
         events = client.train("parallel", CORPUS, steps=150, **TINY)
@@ -86,7 +75,7 @@ def test_a_job_trains_on_two_ranks_and_its_model_serves(mpi_available, start_ser
 
 
 @pytest.mark.mpi
-def test_cancel_and_drain_end_every_rank_and_the_job_resumes(mpi_available, start_server):
+def test_cancel_and_drain_end_every_rank_and_the_job_resumes(mpirun, start_server):
     running = start_server(train_ranks=2, grace_period=20.0)
     with CharLstmClient(f"127.0.0.1:{running.port}") as client:
         events = client.train("cancelled", CORPUS, steps=1_000_000, **TINY)

@@ -1,5 +1,6 @@
 """``charlstm serve --train-ranks 2``: jobs train under a real ``mpirun -np 2`` through the real
-client; cancelling and draining end every rank; a missing mpirun is a clear start-up error.
+client; cancelling and draining end every rank; a missing mpirun is a clear start-up error;
+``mpirun -np 2 python -m charlstm.service.mpi_train`` writes versions the server serves.
 
 The mpirun tests need OpenMPI and mpi4py (the ``mpi`` extra) and skip without them, saying so
 (see the ``mpirun`` fixture); ``.ci/run`` installs both.
@@ -7,7 +8,10 @@ The mpirun tests need OpenMPI and mpi4py (the ``mpi`` extra) and skip without th
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +114,25 @@ def test_train_ranks_without_mpirun_is_a_clear_start_up_error(monkeypatch, store
         create_server(config)
     with pytest.raises(ValueError, match="train_ranks must be >= 1"):
         ServerConfig(train_ranks=0)
+
+
+@pytest.mark.mpi
+def test_mpi_train_writes_versions_a_server_serves(mpirun, tmp_path, start_server, store_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    hp = json.dumps({**TINY, "steps": 100})
+    cmd = mpirun + ["2", sys.executable, "-m", "charlstm.service.mpi_train", "--store", str(store_dir),
+                    "--model", "standalone", "--corpus", str(corpus), "--hyperparameters", hp]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "training on 2 ranks from step 0" in result.stdout
+    assert "saved version 2 at step 100" in result.stdout
+    running = start_server()
+    with CharLstmClient(f"127.0.0.1:{running.port}") as client:
+        model = client.get_model("standalone")
+        assert [v.version for v in model.versions] == [1, 2]
+        assert client.predict("standalone", "the quick ", length=5, temperature=0).predictions[0].continuation
+    # Bad flags: the same check on one process (without mpirun) as on N.
+    bad = subprocess.run(cmd[len(mpirun) + 1 : -1] + ['{"hidden_size": 0}'], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0
+    assert "error: hyperparameters.hidden_size must be an integer in [1, 4096] (got 0)" in bad.stderr

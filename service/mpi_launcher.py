@@ -120,19 +120,25 @@ class MpiWorker:
     # -- the Process side ---------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start ``mpirun`` (RuntimeError if it or mpi4py has gone since start-up)."""
         env = dict(os.environ)
         env[ADDRESS_VARIABLE] = self._address
         env[AUTHKEY_VARIABLE] = self._authkey.hex()
         if os.geteuid() == 0:
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        cmd = mpirun_command(self.ranks, env) + [
-            # -x: pass the connection details to the ranks wherever mpirun starts them.
-            "-x", ADDRESS_VARIABLE, "-x", AUTHKEY_VARIABLE,
-            sys.executable, "-m", "charlstm.service.training_worker",
-        ]
-        # stdin closed: mpirun would otherwise forward the server's stdin to rank 0.
-        self._popen = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        try:
+            cmd = mpirun_command(self.ranks, env) + [
+                # -x: pass the connection details to the ranks wherever mpirun starts them.
+                "-x", ADDRESS_VARIABLE, "-x", AUTHKEY_VARIABLE,
+                sys.executable, "-m", "charlstm.service.training_worker",
+            ]
+            # stdin closed: mpirun would otherwise forward the server's stdin to rank 0.
+            self._popen = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        except BaseException:
+            self.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
 
     @property
     def pid(self) -> int | None:

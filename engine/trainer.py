@@ -28,8 +28,8 @@ import numpy as np
 
 from . import lstm
 from .blas import single_threaded
-from .distributed import Communicator, LocalCommunicator
 from .config import ConfigError, ModelConfig, TrainConfig, check_int
+from .distributed import Communicator, LocalCommunicator
 from .evaluate import mean_loss
 from .model import CharLSTM, default_workers, torch_tensors
 from .optim import SGD, AdamW, clip_by_global_norm_, learning_rate
@@ -202,8 +202,10 @@ class Trainer:
         return loss, norm, lr
 
     def _reduce(self, loss: float, grad: np.ndarray) -> float:
-        """Sum this rank's weighted loss and gradient (flat, in place) over all ranks in one
-        Allreduce; returns the whole batch's loss. Times the Allreduce (``last_allreduce_seconds``)."""
+        """Turn this rank's loss and gradient (flat, in place; each a mean over its streams)
+        into the whole batch's: weighted by the rank's share of the streams and averaged over
+        the ranks in one Allreduce. Returns the loss; times the Allreduce
+        (``last_allreduce_seconds``)."""
         t0 = time.perf_counter()
         if self._grad_scale != 1.0:
             grad *= self._grad_scale

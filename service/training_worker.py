@@ -153,7 +153,9 @@ class _PolledControl:
         try:
             while not self.gone and self.conn.poll():
                 kind, value = self.conn.recv()
-                if kind == "control":
+                # RUN is only ever the initial value: never let it undo a stop (a SIGTERM
+                # that came before the manager's first message was read, say).
+                if kind == "control" and int(value) != RUN:
                     self._value = int(value)
         except (EOFError, OSError):
             self.gone = True

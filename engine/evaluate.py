@@ -9,6 +9,7 @@ import numpy as np
 
 from .blas import single_threaded
 from .config import ConfigError, check_int
+from .distributed import Communicator, LocalCommunicator
 from .model import CharLSTM, default_workers, shared_pool
 from .vocab import Vocab
 
@@ -31,7 +32,8 @@ def default_streams(n: int) -> int:
     return max(1, min(MAX_STREAMS, n // CHARS_PER_STREAM))
 
 
-def mean_loss(model: CharLSTM, ids: np.ndarray, streams: int | None = None, workers: int | None = None) -> float:
+def mean_loss(model: CharLSTM, ids: np.ndarray, streams: int | None = None, workers: int | None = None,
+              comm: Communicator | None = None) -> float:
     """Mean nats/char of predicting ids[1:] from ids[:-1] (ids (N,), N >= 2).
 
     For speed the N-1 targets are cut into ``streams`` contiguous pieces scored side by side
@@ -41,6 +43,8 @@ def mean_loss(model: CharLSTM, ids: np.ndarray, streams: int | None = None, work
     makes the result match a single sequential pass closely rather than exactly.
     The streams are shared among ``workers`` threads (default: one per core, at most one per
     16 streams), with single-threaded BLAS (see :mod:`blas`).
+    With a communicator of several ranks (collective: every rank calls it with the same
+    arguments), each rank scores its share of the streams and the sums are added up.
     """
     n = len(ids) - 1  # targets
     B = default_streams(n) if streams is None else check_int("streams", streams, 1, 4096)
@@ -57,7 +61,21 @@ def mean_loss(model: CharLSTM, ids: np.ndarray, streams: int | None = None, work
     targets = ids[safe + 1]
     fresh = np.zeros(B, dtype=bool)
     fresh[0] = True  # stream 0 starts at the beginning of the text: nothing before it
+    comm = LocalCommunicator() if comm is None else comm
+    mine = np.s_[B * comm.rank // comm.size : B * (comm.rank + 1) // comm.size]
+    inputs, targets, scored, fresh = inputs[:, mine], targets[:, mine], scored[:, mine], fresh[mine]
+    B = inputs.shape[1]  # this rank's streams (0 when there are more ranks than streams)
+    total = np.zeros(1)
+    if B:
+        total[0] = _score_streams(model, inputs, targets, scored, fresh, burn, workers)
+    comm.allreduce_sum([total])
+    return float(total[0]) / n
 
+
+def _score_streams(model: CharLSTM, inputs: np.ndarray, targets: np.ndarray, scored: np.ndarray,
+                   fresh: np.ndarray, burn: int, workers: int | None) -> float:
+    """Σ -log p over streams (T, B) shared among ``workers`` threads (see :func:`mean_loss`)."""
+    B = inputs.shape[1]
     if workers is None:
         workers = default_workers(B)
     workers = min(check_int("workers", workers, 1, 256), B)
@@ -70,7 +88,7 @@ def mean_loss(model: CharLSTM, ids: np.ndarray, streams: int | None = None, work
             jobs = [shared_pool().submit(_score, model, inputs[:, p], targets[:, p], scored[:, p], fresh[p], burn) for p in parts[1:]]
             totals = [_score(model, inputs[:, parts[0]], targets[:, parts[0]], scored[:, parts[0]], fresh[parts[0]], burn)]
             totals += [job.result() for job in jobs]
-    return sum(totals) / n
+    return sum(totals)
 
 
 def _score(model: CharLSTM, inputs: np.ndarray, targets: np.ndarray, scored: np.ndarray, fresh: np.ndarray, burn: int) -> float:

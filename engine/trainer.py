@@ -6,6 +6,14 @@ characters one ahead. The state (h, c) is carried from one window to the next (w
 gradient across the boundary) and reset to zeros when an epoch ends and the streams start
 over. Dropout masks are the only randomness, drawn from a PCG64 generator seeded by
 ``TrainConfig.seed``; so a run is reproducible and, captured and restored, continues exactly.
+
+Data-parallel training (see :mod:`distributed`): with a communicator of N ranks, rank r takes
+streams [B*r/N, B*(r+1)/N) of the same B, every rank draws the whole batch's dropout masks
+(and keeps its columns) so the random stream is the single-process one, and each step's
+gradient and loss are summed over the ranks, weighted by their share of the streams, in one
+Allreduce before clipping. All ranks then apply the same update and hold the same parameters:
+N ranks train the model one process would, up to rounding. Every rank must call the same
+methods in the same order (``train_step``, ``evaluate``, ``run``, ``capture`` are collective).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import numpy as np
 from . import lstm
 from .blas import single_threaded
 from .config import ConfigError, ModelConfig, TrainConfig, check_int
+from .distributed import Communicator, LocalCommunicator
 from .evaluate import mean_loss
 from .model import CharLSTM, default_workers, torch_tensors
 from .optim import SGD, AdamW, clip_by_global_norm_, learning_rate
@@ -43,6 +52,7 @@ class TrainProgress:
     elapsed_seconds: float  # wall clock over all runs of this training (survives restore)
     eta_seconds: float
     is_best: bool  # val_loss improved on this step
+    allreduce_seconds: float = 0.0  # of this step: the gradient Allreduce (0 on one process)
 
 
 @dataclass
@@ -64,11 +74,15 @@ class Trainer:
     """Trains ``model`` on ``text``; see the module docstring for the data layout."""
 
     def __init__(self, model: CharLSTM, vocab: Vocab, text: str, config: TrainConfig, *,
-                 workers: int | None = None):
+                 workers: int | None = None, comm: Communicator | None = None):
         """Training and validation run with single-threaded BLAS (see :mod:`blas`); ``workers``
         threads share each step's streams instead (see ``CharLSTM.loss_and_grad``). Default:
         one per core, at most one per 16 streams. Results depend on ``workers`` only through
         floating-point rounding; keep it fixed across capture/restore for exact continuation.
+
+        ``comm``: the ranks training this model together (default: this process alone, see
+        :mod:`distributed`). Each rank passes the same model, text and config; the default
+        ``workers`` then counts the cores left per rank on this host.
         """
         if not isinstance(model, CharLSTM):
             raise ConfigError("model", f"model must be a CharLSTM (got {type(model).__name__})")
@@ -82,10 +96,20 @@ class Trainer:
         if vocab.size != model.config.vocab_size:
             raise ConfigError("vocab", f"vocab has {vocab.size} ids but the model expects vocab_size={model.config.vocab_size}")
         self.model, self.vocab, self.config = model, vocab, config
-        if workers is None:
-            workers = default_workers(config.batch_size)
-        self.workers = check_int("workers", workers, 1, 256)
+        self.comm = LocalCommunicator() if comm is None else comm
         T, B = config.seq_len, config.batch_size
+        rank, size = self.comm.rank, self.comm.size
+        if B < size:
+            raise ConfigError("batch_size", f"batch_size must be at least the number of ranks ({size}) so that each gets a stream (got {B})")
+        self._streams = slice(B * rank // size, B * (rank + 1) // size)  # this rank's streams
+        local_B = self._streams.stop - self._streams.start
+        # The gradient is a mean over streams: weight this rank's by its share, so that the
+        # mean over ranks is the whole batch's mean (1.0 when B divides evenly).
+        self._grad_scale = size * local_B / B
+        self._loss_buf = np.zeros(1, model.dtype)  # reduced with the gradient, same Allreduce
+        if workers is None:
+            workers = max(1, default_workers(local_B) // max(1, self.comm.local_size))
+        self.workers = check_int("workers", workers, 1, 256)
 
         n_train = int(len(text) * (1.0 - config.val_fraction))
         S = n_train // B  # characters per stream
@@ -99,7 +123,8 @@ class Trainer:
             )
         ids = vocab.encode(text[:n_train])
         # (S, B): column b is stream b, a contiguous slice; a window is a contiguous row block.
-        self._data = np.ascontiguousarray(ids[: S * B].reshape(B, S).T).astype(np.intp)
+        # Only this rank's columns are kept.
+        self._data = np.ascontiguousarray(ids[: S * B].reshape(B, S).T[:, self._streams]).astype(np.intp)
         self._val_ids = vocab.encode(text[n_train:])
         self.train_characters = n_train
         self.val_characters = len(text) - n_train
@@ -123,13 +148,14 @@ class Trainer:
         self._rng = np.random.Generator(np.random.PCG64(config.seed))
         self.step = 0
         self._window = 0  # next window index within the epoch
-        self._carry = model.zero_state(B)
+        self._carry = model.zero_state(local_B)
         self.best_val_loss: float | None = None
         self.best_step: int | None = None
         self.last_val_loss: float | None = None
         self.val_curve: list[list[float]] = []  # [[step, val_loss], ...]
         self._best_flat: np.ndarray | None = None
         self._elapsed_before = 0.0  # wall clock of earlier runs (restored)
+        self.last_allreduce_seconds = 0.0  # the latest step's gradient Allreduce
 
     # -----------------------------------------------------------------------------------------
 
@@ -158,9 +184,11 @@ class Trainer:
         p = model.config.dropout
         if p > 0:
             shape = (T, c.batch_size, model.config.hidden_size)
-            masks = [lstm.dropout_mask(self._rng, shape, p, model.dtype) for _ in range(model.config.num_layers)]
+            # The whole batch's masks on every rank (same random stream as one process).
+            masks = [lstm.dropout_mask(self._rng, shape, p, model.dtype)[:, self._streams] for _ in range(model.config.num_layers)]
         with single_threaded():
             loss, grad, carry = model.loss_and_grad(inputs, targets, self._carry, masks, workers=self.workers)
+        loss = self._reduce(loss, grad.flat)
         lr = self.current_learning_rate()
         norm = clip_by_global_norm_(grad.flat, c.clip)
         if math.isfinite(norm):
@@ -169,15 +197,28 @@ class Trainer:
         self._window += 1
         if self._window == self.windows_per_epoch:  # epoch boundary: the streams start over
             self._window = 0
-            carry = model.zero_state(c.batch_size)
+            carry = model.zero_state(self._carry.h.shape[1])
         self._carry = carry
         return loss, norm, lr
+
+    def _reduce(self, loss: float, grad: np.ndarray) -> float:
+        """Turn this rank's loss and gradient (flat, in place; each a mean over its streams)
+        into the whole batch's: weighted by the rank's share of the streams and averaged over
+        the ranks in one Allreduce. Returns the loss; times the Allreduce
+        (``last_allreduce_seconds``)."""
+        t0 = time.perf_counter()
+        if self._grad_scale != 1.0:
+            grad *= self._grad_scale
+        self._loss_buf[0] = loss * self._grad_scale
+        self.comm.allreduce_mean([grad, self._loss_buf])
+        self.last_allreduce_seconds = time.perf_counter() - t0 if self.comm.size > 1 else 0.0
+        return float(self._loss_buf[0]) if self.comm.size > 1 else loss
 
     def evaluate(self) -> float | None:
         """Mean nats/char on the whole validation slice (None if it has < 2 characters)."""
         if len(self._val_ids) < 2:
             return None
-        return mean_loss(self.model, self._val_ids)
+        return mean_loss(self.model, self._val_ids, comm=self.comm)
 
     def _validate(self) -> tuple[float | None, bool]:
         val = self.evaluate()
@@ -198,8 +239,9 @@ class Trainer:
         """Train until ``total_steps``, yielding a TrainProgress after every step.
 
         ``should_stop()`` is called before each step; when it returns true the iterator ends
-        (the state is consistent: capture() may be called). Validation runs after every
-        ``eval_every``-th step and after the last one.
+        (the state is consistent: capture() may be called). With several ranks, rank 0's answer
+        is the one every rank follows. Validation runs after every ``eval_every``-th step and
+        after the last one.
         """
         c = self.config
         chars_per_step = c.seq_len * c.batch_size
@@ -208,7 +250,7 @@ class Trainer:
         wall = deque(maxlen=20)  # seconds of recent steps including validation
         try:
             while self.step < self.total_steps:
-                if should_stop is not None and should_stop():
+                if self.comm.bcast(should_stop is not None and bool(should_stop())):
                     break
                 t0 = time.perf_counter()
                 loss, norm, lr = self.train_step()
@@ -231,6 +273,7 @@ class Trainer:
                     elapsed_seconds=self._elapsed_before + (t2 - start),
                     eta_seconds=(self.total_steps - self.step) * sum(wall) / len(wall),
                     is_best=improved,
+                    allreduce_seconds=self.last_allreduce_seconds,
                 )
         finally:  # also when the caller abandons the iterator
             self._elapsed_before += time.perf_counter() - start
@@ -247,14 +290,18 @@ class Trainer:
 
     def capture(self) -> TrainerState:
         """A snapshot from which :meth:`restore` (on this or a fresh Trainer with the same
-        model config, train config and text) continues exactly as if never interrupted."""
+        model config, train config and text) continues exactly as if never interrupted.
+        Collective: every rank gets the whole batch's state, which restores on any number of
+        ranks."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self._best_flat is not None:
             tensors.update({f"best.{k}": v for k, v in _state_dict_of(self.model, self._best_flat).items()})
         optim_tensors, optim_meta = self._optim.state()
         tensors.update({f"optim.{k}": v for k, v in optim_tensors.items()})
-        tensors["carry.h"] = self._carry.h.copy()
-        tensors["carry.c"] = self._carry.c.copy()
+        # (L, B, H): the ranks' streams side by side, in rank order.
+        carries = self.comm.allgather((self._carry.h, self._carry.c))
+        tensors["carry.h"] = np.concatenate([h for h, _ in carries], axis=1)
+        tensors["carry.c"] = np.concatenate([c for _, c in carries], axis=1)
         meta = {
             "format": STATE_FORMAT,
             "step": self.step,
@@ -312,6 +359,7 @@ class Trainer:
                     raise ConfigError("state", f"optim.{k} must have shape ({size},) (got {np.shape(v)})")
             carry = LSTMState(np.array(tensors["carry.h"], dtype=self.model.dtype), np.array(tensors["carry.c"], dtype=self.model.dtype))
             self.model._check_state(carry, self.config.batch_size)
+            carry = LSTMState(carry.h[:, self._streams].copy(), carry.c[:, self._streams].copy())
             rng = np.random.Generator(np.random.PCG64())
             rng.bit_generator.state = meta["rng"]
             step, window = int(meta["step"]), int(meta["window"])

@@ -77,6 +77,7 @@ class ServerConfig:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     s3_single_writer: bool = False
+    train_ranks: int = 1  # > 1: each job trains data-parallel under `mpirun -np train_ranks`
 
     def __post_init__(self) -> None:
         self.validate()
@@ -107,6 +108,7 @@ class ServerConfig:
             raise ValueError(f"lease_seconds must be >= 1 (got {self.lease_seconds})")
         if self.replica_id is not None and not self.replica_id:
             self.replica_id = None
+        at_least("train_ranks", 1)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.log_format not in ("text", "json"):
@@ -246,6 +248,8 @@ _HELP: dict[str, str] = {
     "~/.aws); prefer the environment variable, command lines are visible to other users",
     "s3_single_writer": "true: accept an object store that ignores conditional writes, "
     "promising that this is the only process writing to it (otherwise it is refused)",
+    "train_ranks": "MPI ranks per training job: above 1, each job trains data-parallel under "
+    "`mpirun -np N` (needs OpenMPI and the `mpi` extra)",
 }
 
 _TYPES: dict[str, Callable[[str], Any]] = {

@@ -8,6 +8,9 @@
   start oldest first. A reader thread per job receives the worker's messages over a one-way
   Pipe; a worker that exits without a final message (crash, ``kill -9``, out of memory) makes
   the job FAILED with the exit code or signal, and the server carries on.
+- **Data-parallel jobs.** With ``train_ranks`` > 1 the worker is ``mpirun -np train_ranks``
+  instead (:mod:`.mpi_launcher`): its rank 0 speaks the same protocol over a socket, and
+  cancelling, draining and killing reach every rank.
 - **Events.** Every change is published as a :class:`JobEvent` to the job's subscribers
   (Train and WatchJob calls). A new subscriber first gets a replay built from the job's
   record -- accepted, the checkpoints, the latest progress, the final event -- and then the
@@ -48,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import errors, training_worker
+from . import errors, mpi_launcher, training_worker
 from .corpora import CorpusStore, atomic_write_bytes
 from .hyperparameters import ResolvedHyperparameters
 from .logs import log_event
@@ -235,6 +238,7 @@ class JobManager:
         metrics=None,
         store_location: str | None = None,
         max_queued: int = 100,
+        train_ranks: int = 1,
     ):
         self.store = store
         self.corpora = corpora
@@ -242,6 +246,9 @@ class JobManager:
         self.max_jobs = max(1, int(max_jobs))
         self.max_queued = int(max_queued)
         self.metrics = metrics
+        self.train_ranks = max(1, int(train_ranks))
+        if self.train_ranks > 1:
+            mpi_launcher.mpirun_command(self.train_ranks)  # at start-up: mpirun and mpi4py exist
         # The worker opens its own store from this location (the store object stays here).
         self.store_location = store_location or str(
             getattr(store, "location", None) or getattr(store, "root")
@@ -434,7 +441,9 @@ class JobManager:
                     self._fail(job, exc.message)
                     self._run_ended(job)
                     continue
-                run = _Run(job.id, self._ctx.Value("i", training_worker.RUN))
+                control = (mpi_launcher.RemoteControl(training_worker.RUN) if self.train_ranks > 1
+                           else self._ctx.Value("i", training_worker.RUN))
+                run = _Run(job.id, control)
                 self._runs[job.id] = run
                 job.state = JobState.RUNNING
                 job.started = time.time()
@@ -476,14 +485,19 @@ class JobManager:
 
     def _launch(self, run: _Run, spec: training_worker.WorkerSpec) -> None:
         """Start the worker process and the thread that follows it (scheduler thread)."""
+        sender = None
         try:
-            receiver, sender = self._ctx.Pipe(duplex=False)
-            process = self._ctx.Process(
-                target=training_worker.main,
-                args=(spec, sender, run.control),
-                name=f"charlstm-train-{run.job_id}",
-                daemon=True,  # never outlive the server's interpreter
-            )
+            if self.train_ranks > 1:
+                # mpirun: the process and, once rank 0 has connected, the receiving end.
+                process = receiver = mpi_launcher.MpiWorker(spec, self.train_ranks, run.control)
+            else:
+                receiver, sender = self._ctx.Pipe(duplex=False)
+                process = self._ctx.Process(
+                    target=training_worker.main,
+                    args=(spec, sender, run.control),
+                    name=f"charlstm-train-{run.job_id}",
+                    daemon=True,  # never outlive the server's interpreter
+                )
             process.start()
         except Exception as exc:  # noqa: BLE001 - out of processes, memory, descriptors...
             log.error("could not start the worker of job %s", run.job_id, exc_info=True)
@@ -494,7 +508,8 @@ class JobManager:
                 self._changed.notify_all()
             return
         # Our copy of the sending end must go, so that the reader sees EOF when the worker dies.
-        sender.close()
+        if sender is not None:
+            sender.close()
         run.process = process
         run.thread = threading.Thread(
             target=self._follow, args=(run, receiver), name=f"charlstm-job-{run.job_id}", daemon=True

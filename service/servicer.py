@@ -59,7 +59,7 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
             self.jobs = JobManager(
                 self.store, self.corpora, state_dir=root / "jobs", max_jobs=config.max_jobs,
                 max_queued=config.max_queued_jobs, metrics=self.metrics,
-                store_location=config.store,
+                store_location=config.store, train_ranks=config.train_ranks,
             )
         if stepper is None:
             stepper = Stepper() if config.batching == "off" else BatchingStepper(
@@ -108,5 +108,6 @@ def _shared_jobs(config: ServerConfig, store: CheckpointStore,
         store, corpora, replica_id=replica, lease_seconds=config.lease_seconds,
         sync_seconds=config.refresh_seconds, max_jobs=config.max_jobs,
         max_queued=config.max_queued_jobs, metrics=metrics, store_location=config.store,
+        train_ranks=config.train_ranks,
     )
     return corpora, jobs

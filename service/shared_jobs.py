@@ -81,9 +81,11 @@ class SharedJobManager(JobManager):
         metrics=None,
         store_location: str | None = None,
         max_queued: int = 100,
+        train_ranks: int = 1,
     ):
         super().__init__(store, corpora, state_dir=Path("."), max_jobs=max_jobs, metrics=metrics,
-                         store_location=store_location, max_queued=max_queued)
+                         store_location=store_location, max_queued=max_queued,
+                         train_ranks=train_ranks)
         self.replica_id = replica_id
         self.lease_seconds = float(lease_seconds)
         self._renew_every = self.lease_seconds / 3

@@ -16,6 +16,13 @@ If the process dies without a final message the manager reports the job failed w
 code or signal. If the manager's process dies, the worker notices between steps (its parent
 changes) and exits without writing anything more: a restarted server decides what happens to
 the job.
+
+Data-parallel jobs (``charlstm serve --train-ranks N``, see :mod:`.mpi_launcher`) run this
+module under ``mpirun`` (:func:`rank_main`). Rank 0 is the worker above, connected to the
+manager over a socket instead of a Pipe; it reads the corpus and checkpoint and hands them to
+the other ranks, whose only part is to compute. Every rank runs the same :func:`_train`: the
+trainer's collectives keep them in step, checkpoints are computed together and written by
+rank 0, and rank 0's view of ``control`` decides for all when to stop and how.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ class ParentGone(Exception):
 
 
 class _Reporter:
-    """Sends messages to the manager; notices when it has gone."""
+    """Sends messages to the manager; notices when it has gone (its parent changes)."""
 
     def __init__(self, conn: Connection, parent_pid: int):
         self.conn = conn
@@ -107,47 +114,161 @@ class _Reporter:
         )
 
 
+class _ConnectedReporter(_Reporter):
+    """Rank 0's reporter: its parent is mpirun, and the manager is at the other end of
+    ``control``'s connection, whose end means the manager has gone."""
+
+    def __init__(self, conn: Connection, control: "_PolledControl"):
+        super().__init__(conn, os.getppid())
+        self.control = control
+
+    def parent_alive(self) -> bool:
+        self.control.value  # reading polls the connection, which notices its end
+        return not self.control.gone and super().parent_alive()
+
+
+class _SilentReporter(_Reporter):
+    """Ranks other than 0 report nothing; rank 0 decides whether the manager is there."""
+
+    def __init__(self):
+        super().__init__(None, os.getppid())
+
+    def send(self, kind: str, **data: Any) -> None:
+        pass
+
+    def parent_alive(self) -> bool:
+        return True
+
+
+class _PolledControl:
+    """Rank 0's copy of the manager's ``control`` value, updated from the connection (see
+    ``mpi_launcher.RemoteControl``) whenever it is read; ``gone`` once the connection ends."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.gone = False
+        self._value = RUN
+
+    @property
+    def value(self) -> int:
+        try:
+            while not self.gone and self.conn.poll():
+                kind, value = self.conn.recv()
+                # RUN is only ever the initial value: never let it undo a stop (a SIGTERM
+                # that came before the manager's first message was read, say).
+                if kind == "control" and int(value) != RUN:
+                    self._value = int(value)
+        except (EOFError, OSError):
+            self.gone = True
+        return self._value
+
+    @value.setter
+    def value(self, value: int) -> None:  # the SIGTERM handler
+        self._value = int(value)
+
+
+class _LocalControl:
+    """The control value of a rank that only computes (rank 0's is the one that counts)."""
+
+    value = RUN
+
+
 def main(spec: WorkerSpec, conn: Connection, control) -> None:
     """Process entry point: train the job in ``spec``, reporting through ``conn``."""
+    _handle_signals(control)
+    try:
+        _run(spec, _Reporter(conn, spec.parent_pid), control)
+    finally:
+        conn.close()
+
+
+def rank_main() -> int:
+    """Entry point of every rank of ``mpirun -np N python -m charlstm.service.training_worker``
+    (started by ``mpi_launcher.MpiWorker``): rank 0 fetches the job from the manager, all train."""
+    from charlstm.engine.distributed import from_environment
+
+    from .mpi_launcher import connect_to_manager
+
+    comm = from_environment()
+    conn, spec = None, None
+    try:
+        if comm.rank == 0:
+            conn = connect_to_manager()
+            spec = conn.recv()
+            control = _PolledControl(conn)
+            reporter = _ConnectedReporter(conn, control)
+        else:
+            control, reporter = _LocalControl(), _SilentReporter()
+        _handle_signals(control)
+        spec = comm.bcast(spec)
+    except Exception:  # noqa: BLE001 - no job to report on: end every rank
+        traceback.print_exc(file=sys.stderr)
+        comm.abort(1)
+        return 1
+    ok = _run(spec, reporter, control, comm)
+    if conn is not None:
+        conn.close()
+    if not ok and comm.size > 1:
+        # The other ranks may be waiting in a collective this rank will never join.
+        comm.abort(1)
+    return 0 if ok else 1
+
+
+def _handle_signals(control) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the manager decides what happens
     # to jobs, so the worker ignores SIGINT. A SIGTERM sent to the worker itself (systemd
     # stopping the whole group, say) asks for the same clean stop as a server shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: _set(control, INTERRUPT))
-    reporter = _Reporter(conn, spec.parent_pid)
+
+
+def _run(spec: WorkerSpec, reporter: _Reporter, control, comm=None) -> bool:
+    """Train, turning any failure into the job's ``failed`` message. True if the job ended
+    normally (succeeded, cancelled or interrupted)."""
     try:
-        _train(spec, reporter, control)
+        _train(spec, reporter, control, comm)
+        return True
     except ParentGone:
-        pass
+        return False
     except Exception as exc:  # noqa: BLE001 - every failure becomes the job's reason
         traceback.print_exc(file=sys.stderr)
         try:
             reporter.send("failed", reason=_describe(exc))
         except ParentGone:
             pass
-    finally:
-        conn.close()
+        return False
 
 
-def _train(spec: WorkerSpec, reporter: _Reporter, control) -> None:
-    # Imported here so that the manager can import this module (for `main`) cheaply.
-    from charlstm.engine import CharLSTM, ModelConfig, Trainer, TrainerState, Vocab
-    from charlstm.service.hyperparameters import ResolvedHyperparameters
-    from charlstm.service.store import TrainingState, open_store
-
-    hp = ResolvedHyperparameters.from_dict(spec.hyperparameters)
-    store = open_store(spec.store_location, spec.store_settings)
+def _read_job_inputs(spec: WorkerSpec, store):
+    """The corpus text and, when resuming, the checkpoint (with its training state)."""
     text = Path(spec.corpus_path).read_text(encoding="utf-8")
-
+    checkpoint = None
     if spec.resume_from_version:
         checkpoint = store.load(spec.model, spec.resume_from_version, with_training_state=True)
         if checkpoint.training_state is None:
             raise _JobError(f"version {spec.resume_from_version} of {spec.model!r} has no training "
                             "state to resume from")
+    return text, checkpoint
+
+
+def _train(spec: WorkerSpec, reporter: _Reporter, control, comm=None) -> None:
+    # Imported here so that the manager can import this module (for `main`) cheaply.
+    from charlstm.engine import CharLSTM, ModelConfig, Trainer, TrainerState, Vocab
+    from charlstm.engine.distributed import LocalCommunicator
+    from charlstm.service.hyperparameters import ResolvedHyperparameters
+    from charlstm.service.store import TrainingState, open_store
+
+    comm = LocalCommunicator() if comm is None else comm
+    hp = ResolvedHyperparameters.from_dict(spec.hyperparameters)
+    store = open_store(spec.store_location, spec.store_settings) if comm.rank == 0 else None
+    # Rank 0 reads (the files are the server's); every rank gets the same copy.
+    text, checkpoint = comm.bcast(_read_job_inputs(spec, store) if comm.rank == 0 else None)
+
+    if checkpoint is not None:
         vocab = Vocab(checkpoint.metadata["vocab"])
         config = ModelConfig.from_dict(checkpoint.metadata["model_config"])
         model = CharLSTM.from_state_dict(config, checkpoint.tensors)
-        trainer = Trainer(model, vocab, text, hp.train)
+        trainer = Trainer(model, vocab, text, hp.train, comm=comm)
         state = checkpoint.training_state
         # Continues exactly where the capture was taken (step, optimiser, data position, RNG).
         trainer.restore(TrainerState(tensors=state.tensors, meta=state.meta))
@@ -155,17 +276,20 @@ def _train(spec: WorkerSpec, reporter: _Reporter, control) -> None:
     else:
         vocab = Vocab.from_text(text)
         model = CharLSTM(hp.model_config(vocab.size), seed=hp.train.seed)
-        trainer = Trainer(model, vocab, text, hp.train)
+        trainer = Trainer(model, vocab, text, hp.train, comm=comm)
         last_version = 0
     saved_step = trainer.step if spec.resume_from_version else -1
+    rank_pids = comm.allgather(os.getpid())
     reporter.send("started", step=int(trainer.step), total_steps=int(trainer.total_steps),
-                  pid=os.getpid())
+                  pid=os.getpid(), rank_pids=rank_pids)
 
     latest_val: float | None = trainer.last_val_loss
     latest_train: float | None = None
     step_val: float | None = None  # validation loss measured at the latest step, if it ran
 
     def save() -> int:
+        # Every rank computes the checkpoint (validation and capture are collective); rank 0
+        # writes it.
         val = step_val if step_val is not None else trainer.evaluate()
         metadata = {
             "model_config": trainer.model.config.to_dict(),
@@ -185,6 +309,8 @@ def _train(spec: WorkerSpec, reporter: _Reporter, control) -> None:
             "checkpoint_every": hp.checkpoint_every,
         }
         captured = trainer.capture()
+        if comm.rank != 0:
+            return 0
         version = store.save(
             spec.model,
             trainer.model.state_dict(),  # the latest parameters, not the best ones
@@ -208,14 +334,16 @@ def _train(spec: WorkerSpec, reporter: _Reporter, control) -> None:
         if hp.checkpoint_every and p.step % hp.checkpoint_every == 0 and not last_step:
             last_version, saved_step = save(), p.step
 
-    if not reporter.parent_alive():
+    # How the run ended, as rank 0 sees it (every rank must take the same branch below).
+    outcome, parent_alive = comm.bcast((_get(control), reporter.parent_alive()))
+    if not parent_alive:
         raise ParentGone()
     reporter.flush()  # the job's record keeps the step it stopped at
     if trainer.step >= trainer.total_steps:
         if saved_step != trainer.step:
             last_version = save()
         reporter.send("succeeded", version=int(last_version), final_train_loss=latest_train)
-    elif _get(control) == CANCEL:
+    elif outcome == CANCEL:
         reporter.send("cancelled", last_version=int(last_version))
     else:  # INTERRUPT: keep what was learnt since the last checkpoint
         if saved_step != trainer.step and trainer.step > 0:
@@ -254,3 +382,7 @@ def _set(control, value: int) -> None:
 
 def _opt_float(x) -> float | None:
     return None if x is None else float(x)
+
+
+if __name__ == "__main__":  # under mpirun: see rank_main
+    raise SystemExit(rank_main())

@@ -117,6 +117,7 @@ class _Generation(_Participant, Generation):
         self.feed_last = feed_last
         self.out: queue.SimpleQueue = queue.SimpleQueue()  # (ids (B,), p (B,)), then _END
         self.stopped = False
+        self.throttled = False  # set aside by the loop, too far ahead of its reader
         self._drawn: np.ndarray | None = None  # ids drawn this iteration, to feed back
 
     # -- the loop's side --
@@ -148,8 +149,9 @@ class _Generation(_Participant, Generation):
                 if self.error is not None:
                     raise self.error
                 return
-            if self.out.qsize() < self.loop.max_ahead // 2:
-                self.loop.wake()  # a reader catching up may let this generation run again
+            if self.throttled and self.out.qsize() < self.loop.max_ahead // 2:
+                self.throttled = False
+                self.loop.wake()  # the loop set this generation aside: it may run again
             yield item
 
     def stop(self) -> None:
@@ -191,8 +193,9 @@ class _ModelLoop:
     # -- the loop thread --
 
     def _runnable(self, p: _Participant) -> bool:
-        if isinstance(p, _Generation):
-            return p.out.qsize() < self.max_ahead
+        if isinstance(p, _Generation) and p.out.qsize() >= self.max_ahead:
+            p.throttled = True
+            return False
         return True
 
     def _take(self) -> list[_Participant] | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from charlstm.service.store import S3Settings
-from charlstm.service.store.s3 import parse_bool
+from charlstm.service.store.s3_settings import parse_bool
 
 __all__ = ["ServerConfig", "add_serve_arguments", "ENV_PREFIX"]
 

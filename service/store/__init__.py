@@ -24,7 +24,8 @@ from .errors import (
     VersionNotFound,
 )
 from .local import LocalStore
-from .s3 import S3Settings, S3Store
+from .s3 import S3Store
+from .s3_settings import S3Settings
 from .names import validate_label, validate_name, validate_record_key
 
 __all__ = [

@@ -19,18 +19,15 @@ with the same code as the local store (:mod:`.codec`). Opening the store probes 
 server honours conditional writes; one that ignores them would let two writers silently
 overwrite each other, so the store refuses to open unless told that it has a single writer.
 
-boto3 is an optional dependency (the ``s3`` extra): it is imported when an S3 store is opened.
+Settings, locations and the boto3 client (an optional dependency) are in :mod:`.s3_settings`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import re
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -62,6 +59,7 @@ from .names import (
     validate_record_prefix,
 )
 from .records import check_etag, checked_write
+from .s3_settings import S3Settings, botocore_errors, make_client, parse_location
 
 log = logging.getLogger(__name__)
 
@@ -71,66 +69,8 @@ MAX_COMMIT_ATTEMPTS = 1000
 #: Compare-and-swap attempts on one pointer before giving up (each miss: another writer moved it).
 MAX_POINTER_ATTEMPTS = 50
 MAX_VERSION = 2**63 - 1
-#: Environment variables read when no settings are passed (the server's flags set the same).
-ENV_NAMES = {
-    "endpoint_url": "CHARLSTM_S3_ENDPOINT_URL",
-    "region": "CHARLSTM_S3_REGION",
-    "access_key_id": "CHARLSTM_S3_ACCESS_KEY_ID",
-    "secret_access_key": "CHARLSTM_S3_SECRET_ACCESS_KEY",
-    "single_writer": "CHARLSTM_S3_SINGLE_WRITER",
-}
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
-
-
-def parse_bool(text: str) -> bool:
-    """``true``/``false`` (also 1/0, yes/no, on/off), as flags and environment variables say it."""
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true or false (got {text!r})")
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """How to reach the object store. Unset fields fall back to boto3's own configuration: the
-    standard ``AWS_*`` environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-    ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ...) and ``~/.aws``."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = field(default=None, repr=False)
-    #: Allow a store without conditional writes, promising that only one process writes to it.
-    single_writer: bool = False
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "S3Settings":
-        """Settings from the ``CHARLSTM_S3_*`` environment variables."""
-        env = os.environ if environ is None else environ
-        values: dict = {name: env.get(var) or None for name, var in ENV_NAMES.items()}
-        values["single_writer"] = parse_bool(values["single_writer"] or "false")
-        return cls(**values)
-
-
-def parse_location(location: str) -> tuple[str, str]:
-    """``s3://BUCKET/PREFIX`` -> (bucket, prefix ending in '/' or empty); StoreError if malformed."""
-    rest = location[len("s3://"):] if location.startswith("s3://") else location
-    bucket, _, prefix = rest.partition("/")
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-        raise StoreError(f"store location {location!r}: {bucket!r} is not a valid bucket name "
-                         "(3-63 characters: lower-case letters, digits, '.' and '-')")
-    prefix = prefix.strip("/")
-    if prefix:
-        try:
-            validate_record_key(prefix)
-        except StoreInputError as exc:
-            raise StoreError(f"store location {location!r}: the prefix {prefix!r} is not "
-                             f"usable: {exc}") from None
-    return bucket, prefix + "/" if prefix else ""
 
 
 class _Lost(Exception):
@@ -152,8 +92,10 @@ class S3Store(CheckpointStore):
         self.location = location
         self.settings = settings if settings is not None else S3Settings.from_env()
         self.bucket, self.prefix = parse_location(location)
-        self._client = client if client is not None else _make_client(self.settings, os.environ.get("AWS_ENDPOINT_URL"))
-        self._botocore_errors = _botocore_errors()
+        if client is None:
+            client = make_client(self.settings, os.environ.get("AWS_ENDPOINT_URL"))
+        self._client = client
+        self._botocore_errors = botocore_errors()
         self.conditional_writes = self._probe_conditional_writes()
         if not self.conditional_writes:
             if not self.settings.single_writer:
@@ -617,39 +559,3 @@ def _conflict_message(key: str, current: Record | None, if_match: str | None) ->
     if current is None:
         return f"record {key!r} does not exist (expected etag {if_match})"
     return f"record {key!r} changed: its etag is {current.etag}, not {if_match}"
-
-
-def _import_boto3():
-    try:
-        import boto3
-        import botocore.config
-    except ImportError:
-        raise StoreError("an s3:// store needs boto3, which is not installed: "
-                         "pip install 'charlstm[s3]'") from None
-    return boto3, botocore.config
-
-
-def _botocore_errors() -> tuple[type[Exception], ...]:
-    import botocore.exceptions
-
-    return (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
-
-
-@functools.lru_cache(maxsize=16)
-def _make_client(settings: S3Settings, env_endpoint: str | None):
-    """A boto3 client; one per settings, shared by the stores of a process (boto3 clients are
-    thread-safe, and building one costs a few hundred milliseconds)."""
-    boto3, config = _import_boto3()
-    options = {}
-    if settings.endpoint_url or env_endpoint:
-        # S3-compatible servers on a plain host:port do not resolve bucket subdomains.
-        options["s3"] = {"addressing_style": "path"}
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
-        aws_access_key_id=settings.access_key_id,
-        aws_secret_access_key=settings.secret_access_key,
-        config=config.Config(retries={"mode": "standard", "max_attempts": 4},
-                             connect_timeout=5, read_timeout=60, **options),
-    )

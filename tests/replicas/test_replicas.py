@@ -231,30 +231,41 @@ def test_three_replicas_share_models_jobs_and_survive_a_sigkill(backend: Backend
             replica.kill()
 
 
-def test_cancel_through_another_replica_and_hand_over_on_shutdown(tmp_path: Path) -> None:
-    """CancelJob on a replica that does not run the job stops it where it runs; a replica
-    stopped with SIGTERM checkpoints its job and another replica continues it to the end."""
+def _long_job(replica: Replica, model: str, steps: int):
+    """Start a job through ``replica``; return its Train call and id after its first checkpoint."""
+    call = replica.stub.Train(pb.TrainRequest(
+        model=model, text=CORPUS,
+        hyperparameters=tiny_hyperparameters(steps=steps, checkpoint_every=40)), timeout=120)
+    job_id = next(call).accepted.job.id
+    next(e for e in call if e.WhichOneof("event") == "checkpoint")
+    return call, job_id
+
+
+def test_cancel_through_a_replica_that_does_not_run_the_job(tmp_path: Path) -> None:
+    """CancelJob on B stops the job where it runs (A), and A's Train stream ends cancelled."""
     location = str(tmp_path / "store")
     a, b = Replica(location, "a"), Replica(location, "b")
     try:
-        def long_job(model: str, steps: int):
-            call = a.stub.Train(pb.TrainRequest(
-                model=model, text=CORPUS,
-                hyperparameters=tiny_hyperparameters(steps=steps, checkpoint_every=40)),
-                timeout=120)
-            job_id = next(call).accepted.job.id
-            next(e for e in call if e.WhichOneof("event") == "checkpoint")
-            return call, job_id
-
-        call, job_id = long_job("cancelled", 1_000_000)
+        call, job_id = _long_job(a, "cancelled", 1_000_000)
         wait_for(lambda: b.stub.GetJob(pb.GetJobRequest(job_id=job_id)).state
                  == pb.JOB_STATE_RUNNING, timeout=10, what="B to see the job running")
         cancelled = b.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=30)
         assert cancelled.state == pb.JOB_STATE_CANCELLED
-        assert [e.WhichOneof("event") for e in call][-1] == "cancelled"  # A's stream ends too
+        assert [e.WhichOneof("event") for e in call][-1] == "cancelled"
+        assert job_id not in [e["job_id"] for e in b.events("job_started")]
+    finally:
+        a.kill()
+        b.kill()
 
+
+@pytest.mark.slow
+def test_a_replica_stopped_with_sigterm_hands_its_job_over(tmp_path: Path) -> None:
+    """A replica stopped with SIGTERM checkpoints its job and another continues it to the end."""
+    location = str(tmp_path / "store")
+    a, b = Replica(location, "a"), Replica(location, "b")
+    try:
         # A job that outlives A's drain (its worker trains at most ~1000 steps/s).
-        call, job_id = long_job("handed-over", 1_500)
+        call, job_id = _long_job(a, "handed-over", 1_500)
         watch = b.stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=120)
         a.stop()
         with pytest.raises(grpc.RpcError) as stopped:  # A's own stream ends with A

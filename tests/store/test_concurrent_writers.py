@@ -21,11 +21,14 @@ MODEL = "shared"
 PER_WRITER = 20
 
 
-def test_two_processes_saving_20_versions_each_get_40_distinct_versions(
+def test_two_processes_saving_many_versions_each_get_distinct_versions(
         backend, tmp_path: Path) -> None:
+    # 20 saves each locally; 12 on S3, where each save is several requests to a server that
+    # shares the two cores.
+    per_writer = PER_WRITER if backend.name == "local" else 12
     go = tmp_path / "go"
     writers = [subprocess.Popen([sys.executable, str(WORKER), "writer", backend.location, MODEL,
-                                 str(writer), str(PER_WRITER), str(go)], env=backend.env,
+                                 str(writer), str(per_writer), str(go)], env=backend.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for writer in (1, 2)]
     for proc in writers:
@@ -37,7 +40,7 @@ def test_two_processes_saving_20_versions_each_get_40_distinct_versions(
         assert proc.returncode == 0, err
         lines = out.split()
         returned = [int(v) for v in lines[1::3]]
-        assert [int(i) for i in lines[2::3]] == list(range(PER_WRITER))
+        assert [int(i) for i in lines[2::3]] == list(range(per_writer))
         assert returned == sorted(returned), "a writer's versions must increase"
         for index, version in enumerate(returned):
             assert version not in reported, f"version {version} was handed to two saves"
@@ -45,7 +48,7 @@ def test_two_processes_saving_20_versions_each_get_40_distinct_versions(
 
     store = backend.open()
     infos = store.list_versions(MODEL)
-    assert [i.version for i in infos] == list(range(1, 2 * PER_WRITER + 1))
+    assert [i.version for i in infos] == list(range(1, 2 * per_writer + 1))
     assert sorted(reported) == [i.version for i in infos]
     for info in infos:
         checkpoint = store.load(MODEL, info.version)
@@ -55,7 +58,7 @@ def test_two_processes_saving_20_versions_each_get_40_distinct_versions(
         np.testing.assert_array_equal(checkpoint.tensors["who"], [writer, index])
         np.testing.assert_array_equal(checkpoint.tensors["weights"],
                                       np.full((8, 8), writer * 1000 + index, np.float32))
-    assert store.resolve(MODEL) == 2 * PER_WRITER
+    assert store.resolve(MODEL) == 2 * per_writer
     assert backend.leftovers() == []
     if backend.name == "local":
         assert scratch_entries(backend.root) == []

@@ -139,7 +139,7 @@ def test_local_records_live_in_their_own_folder(tmp_path: Path) -> None:
 
 def test_two_processes_racing_on_one_key(backend, tmp_path: Path) -> None:
     """Two processes race create-only writes and compare-and-swap increments, round by round."""
-    rounds = 100 if backend.name == "local" else 40
+    rounds = 100 if backend.name == "local" else 25
     go = tmp_path / "go"
     workers = [subprocess.Popen([sys.executable, str(WORKER), backend.location, writer,
                                  str(rounds), str(go)], stdout=subprocess.PIPE,

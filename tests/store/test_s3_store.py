@@ -25,7 +25,7 @@ from charlstm.service.store import (
     TrainingState,
     open_store,
 )
-from charlstm.service.store.s3 import parse_location
+from charlstm.service.store.s3_settings import parse_location
 
 from .backends import S3Backend
 from .conftest import assert_same_tensors

@@ -59,6 +59,7 @@ class ServerConfig:
     log_format: str = "text"
     model_cache_size: int = 8
     grace_period: float = 15.0
+    demo_models: bool = True  # import the bundled models (shakespeare) the store lacks
 
     def __post_init__(self) -> None:
         self.validate()
@@ -125,6 +126,15 @@ def _port_or_off(text: str) -> int:
     return int(text)
 
 
+def _on_off(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("on", "true", "yes", "1"):
+        return True
+    if t in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"expected on or off (got {text!r})")
+
+
 def _size(text: str) -> int:
     """Bytes, with an optional K/M/G (binary) suffix: ``16M`` = 16 MiB."""
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
@@ -157,6 +167,8 @@ _HELP: dict[str, str] = {
     "log_format": "text (key=value) or json, one line per event",
     "model_cache_size": "model versions kept loaded in memory (least recently used go first)",
     "grace_period": "seconds in-flight calls and running jobs get to finish on SIGTERM/SIGINT",
+    "demo_models": "on: import the bundled demo models (shakespeare) the store lacks at start, "
+    "never replacing a model of the same name; off: do not",
 }
 
 _TYPES: dict[str, Callable[[str], Any]] = {
@@ -165,6 +177,7 @@ _TYPES: dict[str, Callable[[str], Any]] = {
     "max_corpus_bytes": _size,
     "log_level": lambda text: text.strip().upper(),
     "log_format": lambda text: text.strip().lower(),
+    "demo_models": _on_off,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -198,6 +211,8 @@ def add_serve_arguments(
                 parser.error(f"environment variable {env_name}={env[env_name]!r} is not valid "
                              f"for {flag}")
         shown = "unset" if default is None else default
+        if isinstance(default, bool):
+            shown = "on" if default else "off"
         if f.name == "token" and default is not None:
             shown = "set from the environment"  # never print the secret
         parser.add_argument(

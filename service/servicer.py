@@ -18,6 +18,7 @@ from charlstm.service.rpc_inference import InferenceRpcs
 from charlstm.service.rpc_models import ModelRpcs
 from charlstm.service.rpc_training import TrainingRpcs
 from charlstm.service.sessions import SessionRegistry
+from charlstm.service.demo_models import install_demo_models
 from charlstm.service.store import CheckpointStore, open_store
 from charlstm.v1 import charlstm_pb2_grpc
 
@@ -45,6 +46,8 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.store = store if store is not None else open_store(config.store)
+        if config.demo_models:
+            install_demo_models(self.store)
         root = Path(config.store)
         self.corpora = CorpusStore(root / "corpora", max_bytes=config.max_corpus_bytes)
         self.jobs = JobManager(

@@ -179,6 +179,14 @@ _METAVARS = {
 }
 
 
+def _minutes_as_seconds(text: str) -> float:
+    """``--max-minutes`` is sent as the ``max_seconds`` hyperparameter."""
+    minutes = float(text)
+    if not minutes > 0 or minutes == float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number of minutes > 0 (got {text!r})")
+    return minutes * 60.0
+
+
 def build_parser() -> Parser:
     """The ``charlstm`` argument parser (every command but ``serve``, which the server parses)."""
     parser = Parser(
@@ -233,6 +241,14 @@ def build_parser() -> Parser:
         type=float,
         metavar="X",
         help="passes over the training text instead of --steps (default: unset)",
+    )
+    hyper.add_argument(
+        "--max-minutes",
+        dest="hp_max_seconds",
+        type=_minutes_as_seconds,
+        metavar="M",
+        help="wall-clock training budget in minutes: training ends at this or at --steps/--epochs, "
+        "whichever comes first, and the cosine schedule decays over the time (default: unset)",
     )
     p.add_argument(
         "--resume",

@@ -156,7 +156,9 @@ class TrainConfig:
     """How to train: truncated BPTT over windows of ``seq_len`` chars, ``batch_size`` streams.
 
     Exactly one of ``steps``/``epochs`` may be set; with neither, training runs
-    :data:`DEFAULT_STEPS` steps. ``warmup_steps`` applies to both schedules (a linear ramp
+    :data:`DEFAULT_STEPS` steps, or until ``max_seconds`` when that is set. ``max_seconds`` is
+    a wall-clock budget (validation included): training ends at whichever limit comes first,
+    and "cosine" decays over elapsed time, so the budget ends at the lowest learning rate. ``warmup_steps`` applies to both schedules (a linear ramp
     from lr/warmup_steps to lr); "cosine" then decays to ``min_lr_ratio * learning_rate``.
     ``momentum`` is used by "sgd" only. ``weight_decay`` is decoupled (AdamW-style) and
     applies to the weight matrices and the embedding, not to biases.
@@ -177,6 +179,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     eval_every: int = 100
+    max_seconds: float | None = None
 
     DEFAULT_STEPS = 1000  # not a dataclass field (no annotation)
 
@@ -201,6 +204,8 @@ class TrainConfig:
         check_int("seed", self.seed, 0, 2**63 - 1)
         check_float("val_fraction", self.val_fraction, 0.0, 1.0, hi_open=True)
         check_int("eval_every", self.eval_every, 1)
+        if self.max_seconds is not None:
+            check_float("max_seconds", self.max_seconds, 0.0, lo_open=True)
 
     def to_dict(self) -> dict:
         """JSON-able dict; ``TrainConfig.from_dict(c.to_dict()) == c``."""
@@ -220,6 +225,7 @@ class TrainConfig:
             "seed": int(self.seed),
             "val_fraction": float(self.val_fraction),
             "eval_every": int(self.eval_every),
+            "max_seconds": None if self.max_seconds is None else float(self.max_seconds),
         }
 
     @classmethod

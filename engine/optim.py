@@ -30,19 +30,23 @@ def clip_by_global_norm_(grad: np.ndarray, max_norm: float) -> float:
     return norm
 
 
-def learning_rate(step: int, total_steps: int, base_lr: float, schedule: str, warmup_steps: int, min_lr_ratio: float) -> float:
+def learning_rate(step: int, total_steps: int, base_lr: float, schedule: str, warmup_steps: int, min_lr_ratio: float,
+                  *, progress: float | None = None) -> float:
     """Learning rate for 0-based ``step`` of ``total_steps``.
 
     Linear warm-up from base_lr/warmup_steps to base_lr over ``warmup_steps`` steps, then
     "constant" keeps base_lr and "cosine" decays it along half a cosine to
-    min_lr_ratio·base_lr at the last step.
+    min_lr_ratio·base_lr at the last step. ``progress`` (0 to 1), when given, replaces the
+    step-based position on the cosine (a wall-clock budget's elapsed fraction, say).
     """
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return base_lr
     decay_steps = max(1, total_steps - warmup_steps - 1)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    if progress is None:
+        progress = (step - warmup_steps) / decay_steps
+    progress = min(1.0, max(0.0, progress))
     lo = base_lr * min_lr_ratio
     return lo + (base_lr - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

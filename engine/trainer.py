@@ -37,6 +37,7 @@ from .state import LSTMState
 from .vocab import Vocab
 
 STATE_FORMAT = 1
+_UNBOUNDED_STEPS = 2**62  # total_steps of a run limited by max_seconds alone
 
 
 @dataclass
@@ -133,6 +134,8 @@ class Trainer:
             self.total_steps = int(config.steps)
         elif config.epochs is not None:
             self.total_steps = max(1, math.ceil(config.epochs * self.windows_per_epoch))
+        elif config.max_seconds is not None:
+            self.total_steps = _UNBOUNDED_STEPS  # the clock ends it (then total_steps = step)
         else:
             self.total_steps = TrainConfig.DEFAULT_STEPS
 
@@ -156,6 +159,10 @@ class Trainer:
         self._best_flat: np.ndarray | None = None
         self._elapsed_before = 0.0  # wall clock of earlier runs (restored)
         self.last_allreduce_seconds = 0.0  # the latest step's gradient Allreduce
+        self._run_start: float | None = None  # perf_counter() when the current run() began
+        # With max_seconds under run(): rank 0's elapsed time at the start of the current step.
+        # Every rank uses it, so their learning rates and their last step agree.
+        self._step_clock: float | None = None
 
     # -----------------------------------------------------------------------------------------
 
@@ -164,10 +171,26 @@ class Trainer:
         """Passes over the training slice so far."""
         return self.step / self.windows_per_epoch
 
+    def elapsed_seconds(self) -> float:
+        """Wall clock spent training so far, over all runs (survives capture/restore)."""
+        if self._run_start is None:
+            return self._elapsed_before
+        return self._elapsed_before + (time.perf_counter() - self._run_start)
+
     def current_learning_rate(self) -> float:
         """The learning rate the next step will use."""
         c = self.config
-        return learning_rate(min(self.step, self.total_steps - 1), self.total_steps, c.learning_rate, c.schedule, c.warmup_steps, c.min_lr_ratio)
+        step = min(self.step, self.total_steps - 1)
+        progress = None
+        if c.max_seconds is not None:
+            # The cosine follows the clock, so the budget ends at the lowest rate; with a
+            # step limit too, whichever of the two is further along sets the position.
+            elapsed = self.elapsed_seconds() if self._step_clock is None else self._step_clock
+            progress = elapsed / c.max_seconds
+            if self.total_steps != _UNBOUNDED_STEPS:
+                progress = max(progress, (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps - 1))
+        return learning_rate(step, self.total_steps, c.learning_rate, c.schedule, c.warmup_steps, c.min_lr_ratio,
+                             progress=progress)
 
     def train_step(self) -> tuple[float, float, float]:
         """One optimiser step on the next window. Returns (loss, grad norm, learning rate).
@@ -241,29 +264,45 @@ class Trainer:
         ``should_stop()`` is called before each step; when it returns true the iterator ends
         (the state is consistent: capture() may be called). With several ranks, rank 0's answer
         is the one every rank follows. Validation runs after every ``eval_every``-th step and
-        after the last one.
+        after the last one. With ``max_seconds``, the step that uses up the budget is the last
+        one: ``total_steps`` becomes ``step`` (before that, TrainProgress.total_steps is an
+        estimate), and its validation runs past the budget.
         """
         c = self.config
         chars_per_step = c.seq_len * c.batch_size
-        start = time.perf_counter()
+        start = self._run_start = time.perf_counter()
         compute = deque(maxlen=20)  # seconds of recent training steps
         wall = deque(maxlen=20)  # seconds of recent steps including validation
+        budget = c.max_seconds
+        first_step = self.step  # later, time the caller spends between steps ends the next one
         try:
             while self.step < self.total_steps:
                 if self.comm.bcast(should_stop is not None and bool(should_stop())):
                     break
+                if budget is not None:
+                    self._step_clock = self.comm.bcast(self.elapsed_seconds())
+                    if self.step == first_step and self._step_clock >= budget:
+                        self.total_steps = self.step  # resumed past the budget: nothing left to do
+                        break
                 t0 = time.perf_counter()
                 loss, norm, lr = self.train_step()
                 t1 = time.perf_counter()
+                if budget is not None and self.comm.bcast(self.elapsed_seconds() >= budget):
+                    self.total_steps = self.step
                 val, improved = None, False
                 if self.step % c.eval_every == 0 or self.step == self.total_steps:
                     val, improved = self._validate()
                 t2 = time.perf_counter()
                 compute.append(t1 - t0)
                 wall.append(t2 - t0)
+                seconds_per_step = sum(wall) / len(wall)
+                total = self.total_steps
+                if budget is not None and self.step < total:
+                    left = budget - self.elapsed_seconds()
+                    total = min(total, self.step + max(1, math.ceil(left / max(seconds_per_step, 1e-9))))
                 yield TrainProgress(
                     step=self.step,
-                    total_steps=self.total_steps,
+                    total_steps=total,
                     epoch=self.epoch,
                     train_loss=loss,
                     val_loss=val,
@@ -271,12 +310,13 @@ class Trainer:
                     learning_rate=lr,
                     grad_norm=norm,
                     elapsed_seconds=self._elapsed_before + (t2 - start),
-                    eta_seconds=(self.total_steps - self.step) * sum(wall) / len(wall),
+                    eta_seconds=(total - self.step) * seconds_per_step,
                     is_best=improved,
                     allreduce_seconds=self.last_allreduce_seconds,
                 )
         finally:  # also when the caller abandons the iterator
             self._elapsed_before += time.perf_counter() - start
+            self._run_start = self._step_clock = None
 
     def best_state_dict(self) -> dict[str, np.ndarray]:
         """Parameters (PyTorch names) at the best validation loss so far, or the latest ones

@@ -78,6 +78,7 @@ class ServerConfig:
     s3_secret_access_key: str | None = None
     s3_single_writer: bool = False
     train_ranks: int = 1  # > 1: each job trains data-parallel under `mpirun -np train_ranks`
+    demo_models: bool = True  # import the bundled models (shakespeare) the store lacks
 
     def __post_init__(self) -> None:
         self.validate()
@@ -250,6 +251,8 @@ _HELP: dict[str, str] = {
     "promising that this is the only process writing to it (otherwise it is refused)",
     "train_ranks": "MPI ranks per training job: above 1, each job trains data-parallel under "
     "`mpirun -np N` (needs OpenMPI and the `mpi` extra)",
+    "demo_models": "on: import the bundled demo models (shakespeare) the store lacks at start, "
+    "never replacing a model of the same name; off: do not",
 }
 
 _TYPES: dict[str, Callable[[str], Any]] = {

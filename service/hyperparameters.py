@@ -86,8 +86,10 @@ def resolve(
         train["steps"], train["epochs"] = m.steps, None
     elif length == "epochs":
         train["steps"], train["epochs"] = None, m.epochs
-    elif train["steps"] is None and train["epochs"] is None:
-        train["steps"] = TrainConfig.DEFAULT_STEPS
+    if m.HasField("max_seconds"):
+        train["max_seconds"] = m.max_seconds
+    if length is None and train["steps"] is None and train["epochs"] is None and train["max_seconds"] is None:
+        train["steps"] = TrainConfig.DEFAULT_STEPS  # a time budget alone may end training
     if m.optimizer != pb.OPTIMIZER_UNSPECIFIED:
         train["optimizer"] = _enum(_OPTIMIZERS, m.optimizer, "optimizer", pb.Optimizer)
     if m.schedule != pb.SCHEDULE_UNSPECIFIED:
@@ -136,9 +138,11 @@ def to_proto(resolved: ResolvedHyperparameters) -> pb.Hyperparameters:
         eval_every=t.eval_every,
         checkpoint_every=resolved.checkpoint_every,
     )
+    if t.max_seconds is not None:
+        m.max_seconds = t.max_seconds
     if t.epochs is not None:
         m.epochs = t.epochs
-    else:
+    elif t.steps is not None or t.max_seconds is None:
         m.steps = t.steps if t.steps is not None else TrainConfig.DEFAULT_STEPS
     return m
 

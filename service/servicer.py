@@ -23,6 +23,7 @@ from charlstm.service.rpc_models import ModelRpcs
 from charlstm.service.rpc_training import TrainingRpcs
 from charlstm.service.sessions import SessionRegistry
 from charlstm.service.shared_jobs import SharedCorpusStore, SharedJobManager
+from charlstm.service.demo_models import install_demo_models
 from charlstm.service.store import CheckpointStore, open_store
 from charlstm.v1 import charlstm_pb2_grpc
 
@@ -51,6 +52,8 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.store = store if store is not None else open_store(config.store, config.s3_settings())
+        if config.demo_models:
+            install_demo_models(self.store)
         if config.store_is_shared:
             self.corpora, self.jobs = _shared_jobs(config, self.store, self.metrics)
         else:

@@ -35,7 +35,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     store = tmp_path_factory.mktemp("client-store")
     # Two job slots: the tests that leave a long job running must not hold up the others.
     config = ServerConfig(
-        host="127.0.0.1", port=0, metrics_port=-1, store=str(store), max_jobs=2, grace_period=1.0
+        host="127.0.0.1", port=0, metrics_port=-1, store=str(store), max_jobs=2, grace_period=1.0,
+        demo_models=False,
     )
     running = create_server(config)
     corpus = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"

@@ -35,7 +35,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     )  # fmt: skip
     config = ServerConfig(
         host="127.0.0.1", port=0, metrics_port=-1, store=str(root / "store"),
-        token=TOKEN, tls_cert=str(cert), tls_key=str(key), grace_period=0.5,
+        token=TOKEN, tls_cert=str(cert), tls_key=str(key), grace_period=0.5, demo_models=False,
     )  # fmt: skip
     running = create_server(config)
     try:

@@ -72,7 +72,7 @@ def serve_copy(template: Path, root: Path, **overrides) -> RunningServer:
     store = root / "store"
     shutil.copytree(template, store)
     settings = dict(host="127.0.0.1", port=0, metrics_port=0, store=str(store), grace_period=1.0,
-                    max_streams=16)
+                    max_streams=16, demo_models=False)
     settings.update(overrides)
     return create_server(ServerConfig(**settings))
 

@@ -53,7 +53,8 @@ def start_server(store_dir: Path) -> Iterator[Callable[..., RunningServer]]:
 
     def start(**overrides) -> RunningServer:
         settings = dict(host="127.0.0.1", port=0, metrics_port=0, store=str(store_dir),
-                        grace_period=2.0, max_workers=0, max_streams=16)
+                        grace_period=2.0, max_workers=0, max_streams=16,
+                        demo_models=False)  # the demo model has its own tests
         settings.update(overrides)
         running = create_server(ServerConfig(**settings))
         started.append(running)

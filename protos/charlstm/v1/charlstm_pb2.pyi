@@ -56,7 +56,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("embedding_size", "hidden_size", "num_layers", "dropout", "seq_len", "batch_size", "steps", "epochs", "optimizer", "learning_rate", "schedule", "warmup_steps", "min_lr_ratio", "clip", "weight_decay", "momentum", "seed", "val_fraction", "eval_every", "checkpoint_every")
+    __slots__ = ("embedding_size", "hidden_size", "num_layers", "dropout", "seq_len", "batch_size", "steps", "epochs", "optimizer", "learning_rate", "schedule", "warmup_steps", "min_lr_ratio", "clip", "weight_decay", "momentum", "seed", "val_fraction", "eval_every", "checkpoint_every", "max_seconds")
     EMBEDDING_SIZE_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class Hyperparameters(_message.Message):
     VAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     embedding_size: int
     hidden_size: int
     num_layers: int
@@ -97,7 +98,8 @@ class Hyperparameters(_message.Message):
     val_fraction: float
     eval_every: int
     checkpoint_every: int
-    def __init__(self, embedding_size: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., dropout: _Optional[float] = ..., seq_len: _Optional[int] = ..., batch_size: _Optional[int] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., schedule: _Optional[_Union[Schedule, str]] = ..., warmup_steps: _Optional[int] = ..., min_lr_ratio: _Optional[float] = ..., clip: _Optional[float] = ..., weight_decay: _Optional[float] = ..., momentum: _Optional[float] = ..., seed: _Optional[int] = ..., val_fraction: _Optional[float] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ...) -> None: ...
+    max_seconds: float
+    def __init__(self, embedding_size: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., dropout: _Optional[float] = ..., seq_len: _Optional[int] = ..., batch_size: _Optional[int] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., learning_rate: _Optional[float] = ..., schedule: _Optional[_Union[Schedule, str]] = ..., warmup_steps: _Optional[int] = ..., min_lr_ratio: _Optional[float] = ..., clip: _Optional[float] = ..., weight_decay: _Optional[float] = ..., momentum: _Optional[float] = ..., seed: _Optional[int] = ..., val_fraction: _Optional[float] = ..., eval_every: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_seconds: _Optional[float] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
     __slots__ = ("model", "text", "corpus_id", "hyperparameters", "resume_from_version")

@@ -2,12 +2,18 @@
 :func:`setup` data-parallel and has rank 0 pickle what the test compares with one process.
 
     mpirun -np 2 python tests/engine/mpi_training_script.py OUT.pkl BATCH_SIZE STEPS
+    mpirun -np 2 python tests/engine/mpi_training_script.py OUT.pkl BATCH_SIZE budget SECONDS
+
+The ``budget`` form trains under a wall-clock budget with every rank but 0 running slower
+(a sleep before each step), so the ranks' own clocks disagree.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import sys
+import time
 
 import numpy as np
 
@@ -29,13 +35,21 @@ def setup(batch_size: int, steps: int, comm: Communicator | None = None) -> Trai
 
 
 def main() -> None:
-    out, batch_size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    out, batch_size = sys.argv[1], int(sys.argv[2])
     comm = from_environment()
     assert isinstance(comm, MpiCommunicator), "run this under mpirun with more than one rank"
-    trainer = setup(batch_size, steps, comm)
-    reports = [(p.train_loss, p.grad_norm, p.val_loss, p.allreduce_seconds) for p in trainer.run()]
+    if sys.argv[3] == "budget":
+        trainer = setup(batch_size, 1, comm)
+        trainer.config = dataclasses.replace(trainer.config, steps=None, max_seconds=float(sys.argv[4]))
+        trainer = Trainer(trainer.model, trainer.vocab, TEXT, trainer.config, workers=1, comm=comm)
+        skew = lambda: time.sleep(0.01 * comm.rank)  # noqa: E731 - returns None: never stops
+        reports = [(p.step, p.learning_rate) for p in trainer.run(should_stop=skew)]
+    else:
+        trainer = setup(batch_size, int(sys.argv[3]), comm)
+        reports = [(p.train_loss, p.grad_norm, p.val_loss, p.allreduce_seconds) for p in trainer.run()]
     state = trainer.capture()  # collective: the whole batch's carried state
     params = comm.allgather(trainer.model.params.flat.copy())
+    reports = comm.allgather(reports)
     if comm.rank == 0:
         with open(out, "wb") as f:
             pickle.dump({"size": comm.size, "params": params, "reports": reports,

@@ -26,9 +26,11 @@ SCRIPT = Path(__file__).parent / "mpi_training_script.py"
 STEPS = 20
 
 
-def run_ranks(mpirun: list[str], tmp_path: Path, ranks: int, batch_size: int) -> dict:
+def run_ranks(mpirun: list[str], tmp_path: Path, ranks: int, batch_size: int,
+              *mode: str) -> dict:
     out = tmp_path / f"np{ranks}-b{batch_size}.pkl"
-    cmd = mpirun + [str(ranks), sys.executable, str(SCRIPT), str(out), str(batch_size), str(STEPS)]
+    args = list(mode) or [str(STEPS)]
+    cmd = mpirun + [str(ranks), sys.executable, str(SCRIPT), str(out), str(batch_size), *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     with open(out, "rb") as f:
@@ -48,7 +50,7 @@ def test_two_ranks_train_the_single_process_model(mpirun, tmp_path, batch_size):
     np.testing.assert_allclose(got["params"][0], single.model.params.flat, rtol=0, atol=1e-10)
     assert not np.array_equal(got["params"][0], setup(batch_size, STEPS).model.params.flat)  # it trained
     # Loss, global norm (before clipping, which acted) and validation are the whole batch's.
-    for (loss, norm, val, allreduce), p in zip(got["reports"], reports, strict=True):
+    for (loss, norm, val, allreduce), p in zip(got["reports"][0], reports, strict=True):
         assert loss == pytest.approx(p.train_loss, rel=1e-10)
         assert norm == pytest.approx(p.grad_norm, rel=1e-10)
         assert (val is None) == (p.val_loss is None)
@@ -66,6 +68,19 @@ def test_two_ranks_train_the_single_process_model(mpirun, tmp_path, batch_size):
     single.total_steps = STEPS + 3
     for a, b in zip(resumed.run(), single.run(), strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-9)
+
+
+@pytest.mark.mpi
+def test_under_a_time_budget_every_rank_follows_rank_0s_clock(mpirun, tmp_path):
+    # Rank 1 sleeps before each step, so its own clock runs ahead of rank 0's view of the
+    # budget: were each rank to read its own clock, learning rates would differ and the ranks
+    # would stop at different steps (a hang in the next Allreduce).
+    got = run_ranks(mpirun, tmp_path, 2, 6, "budget", "1.5")
+    rank0, rank1 = got["reports"]
+    assert len(rank0) > 3
+    assert rank0 == rank1  # the same steps, each with the same learning rate
+    assert rank0[-1][1] < rank0[0][1]  # the cosine decayed over the budget
+    np.testing.assert_array_equal(got["params"][0], got["params"][1])
 
 
 def test_the_local_communicator_is_the_default_and_a_no_op():

@@ -3,8 +3,9 @@ the state carried from step to step, H=256 L=2 (embedding 64, 65 characters), fl
 
     python benchmarks/inference_step.py [--quick] [--json FILE]
 
-Ours is ``CharLSTM.step(ids (B,), state)`` as the server calls it (BLAS threads left as the
-process has them). PyTorch runs the same modules under ``torch.inference_mode()`` with
+Ours is ``CharLSTM.step(ids (B,), state)`` as the server calls it: inside
+``blas.single_threaded()`` (a multithreaded OpenBLAS GEMM at these sizes was up to 100x slower
+on the shared machine). PyTorch runs the same modules under ``torch.inference_mode()`` with
 ``torch.set_num_threads(cores)``. Blocks of steps alternate between the two; the figure is
 microseconds per step and the ratio is the median over pairs of ours / PyTorch (lower is
 better). Target at batch 1: at most 0.5x PyTorch's time (issue 7); batch 64 (the serving
@@ -28,6 +29,7 @@ from result import interleaved, make_result, median, median_ratio  # noqa: E402
 from torch_reference import build_net, torch_or_none  # noqa: E402
 
 from charlstm.engine import CharLSTM, ModelConfig  # noqa: E402
+from charlstm.engine.blas import single_threaded  # noqa: E402
 from charlstm.engine.model import available_cores  # noqa: E402
 
 V, E, H, L = 65, 64, 256, 2
@@ -41,10 +43,11 @@ def ours_block(model: CharLSTM, batch: int, steps: int):
 
     def run() -> float:
         nonlocal state
-        start = time.perf_counter()
-        for _ in range(steps):
-            probs, state = model.step(ids, state)
-        return (time.perf_counter() - start) / steps * 1e6
+        with single_threaded():
+            start = time.perf_counter()
+            for _ in range(steps):
+                probs, state = model.step(ids, state)
+            return (time.perf_counter() - start) / steps * 1e6
     return run
 
 
@@ -84,7 +87,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             ref_run()
         mine, ref = interleaved(mine_run, ref_run, pairs)
         details = {"hidden": H, "layers": L, "batch": batch, "steps_per_measure": steps,
-                   "pairs": pairs, "ours_us": mine, "torch_us": ref,
+                   "pairs": pairs, "ours_blas_threads": 1, "ours_us": mine, "torch_us": ref,
                    "torch_threads": available_cores() if net is not None else None}
         results.append(make_result(f"inference step H={H} L={L} batch {batch}", median(mine),
                                    median(ref) if ref else None, "us/step", TARGETS[batch],

@@ -71,24 +71,32 @@ def child(which: str, name: str, steps: int) -> dict[str, float]:
             "tracemalloc_peak_mb": traced}
 
 
-def _in_child(which: str, name: str, steps: int) -> dict[str, float] | None:
-    proc = subprocess.run([sys.executable, __file__, "--child", which, name, str(steps)],
-                          capture_output=True, text=True, timeout=600)
+def _start_child(which: str, name: str, steps: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--child", which, name, str(steps)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _child_result(which: str, name: str, proc: subprocess.Popen) -> dict[str, float] | None:
+    out, err = proc.communicate(timeout=900)
     if proc.returncode != 0:
-        if which == "torch" and "No module named 'torch'" in proc.stderr:
+        if which == "torch" and "No module named 'torch'" in err:
             return None
-        raise RuntimeError(f"memory child {which} {name} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"memory child {which} {name} failed:\n{err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    """One result per configuration: MB at the peak, ours / PyTorch."""
+    """One result per configuration: MB at the peak, ours / PyTorch. The children run at
+    the same time (each one's high-water mark is its own), so this takes about as long as
+    the slowest of them."""
     steps = 2 if quick else 5
+    children = {(which, name): _start_child(which, name, steps)
+                for name in CONFIGS for which in ("engine", "torch")}
     results = []
     for name in CONFIGS:
         hidden, layers, batch, window = CONFIGS[name]
-        ours = _in_child("engine", name, steps)
-        theirs = _in_child("torch", name, steps)
+        ours = _child_result("engine", name, children["engine", name])
+        theirs = _child_result("torch", name, children["torch", name])
         details = {"hidden": hidden, "layers": layers, "batch": batch, "window": window,
                    "steps": steps, "method": "VmHWM - VmRSS at start, fresh child process",
                    "engine": ours, "torch": theirs}

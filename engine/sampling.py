@@ -76,7 +76,8 @@ class Sampler:
         logp -= top
         q = np.exp(logp, out=logp)  # (B, V)
         order = np.argsort(-q, axis=1, kind="stable")  # most likely first
-        q_sorted = np.take_along_axis(q, order, axis=1)
+        # = take_along_axis(q, order, 1), without the index arrays it builds (B, V)
+        q_sorted = q[0, order[0]][None] if B == 1 else q[rows[:, None], order]
         if 0 < o.top_k < V:
             q_sorted[:, o.top_k :] = 0.0
         if o.top_p < 1.0:

@@ -54,7 +54,9 @@ class Sampler:
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[1] < 2 or probs.shape[0] < 1:
             raise ConfigError("probs", f"probs must have shape (B, V) with B >= 1, V >= 2 (got {probs.shape})")
-        if not np.all(np.isfinite(probs)) or np.any(probs < 0):
+        # Two reductions instead of isfinite/any over the whole array: NaN fails `>= 0`.
+        # (This runs once per generated character: every NumPy call here costs microseconds.)
+        if not (probs.min() >= 0 and probs.max() < np.inf):
             raise ConfigError("probs", "probs must be finite and non-negative")
         B, V = probs.shape
         rows = np.arange(B)
@@ -64,14 +66,18 @@ class Sampler:
         if o.temperature == 0:
             ids = np.argmax(p, axis=1)
             return ids.astype(np.int64), probs[rows, ids]
-        # Temperature in log space: p^(1/T) without overflow for small T.
+        # Temperature in log space: p^(1/T) without overflow for small T. In place on p.
         with np.errstate(divide="ignore"):
-            logp = np.log(p) / o.temperature  # (B, V); -inf where p == 0
+            logp = np.log(p, out=p)  # (B, V); -inf where p == 0
+        logp /= o.temperature
         top = logp.max(axis=1, keepdims=True)
-        top[~np.isfinite(top)] = 0.0  # a row with no mass outside UNK: handled below
-        q = np.exp(logp - top)  # (B, V)
+        if not np.isfinite(top).all():
+            top[~np.isfinite(top)] = 0.0  # a row with no mass outside UNK: handled below
+        logp -= top
+        q = np.exp(logp, out=logp)  # (B, V)
         order = np.argsort(-q, axis=1, kind="stable")  # most likely first
-        q_sorted = np.take_along_axis(q, order, axis=1)
+        # = take_along_axis(q, order, 1), without the index arrays it builds (B, V)
+        q_sorted = q[0, order[0]][None] if B == 1 else q[rows[:, None], order]
         if 0 < o.top_k < V:
             q_sorted[:, o.top_k :] = 0.0
         if o.top_p < 1.0:
@@ -79,13 +85,19 @@ class Sampler:
             total = np.maximum(q_sorted.sum(axis=1, keepdims=True), 1e-300)
             before = (np.cumsum(q_sorted, axis=1) - q_sorted) / total
             q_sorted[before >= o.top_p] = 0.0  # the first id always stays (nothing before it)
-        cdf = np.cumsum(q_sorted, axis=1)  # (B, V)
+        cdf = np.cumsum(q_sorted, axis=1)  # (B, V), non-decreasing along each row
         total = cdf[:, -1]
         u = self.rng.random(B) * total
-        pick = np.minimum((cdf <= u[:, None]).sum(axis=1), V - 1)  # inverse CDF
-        ids = order[rows, pick]
-        dead = total <= 0  # only UNK had mass: fall back to the most likely id
-        if np.any(dead):
+        # Inverse CDF: the number of cdf entries <= u. One row (a single stream, the common
+        # case) uses a binary search, which gives the same count as the comparison.
+        if B == 1:
+            pick = np.minimum(cdf[0].searchsorted(u, side="right"), V - 1)  # (1,)
+            ids = order[0, pick]
+        else:
+            pick = np.minimum((cdf <= u[:, None]).sum(axis=1), V - 1)
+            ids = order[rows, pick]
+        if (total <= 0).any():  # only UNK had mass: fall back to the most likely id
+            dead = total <= 0
             ids[dead] = np.argmax(probs[dead], axis=1)
         return ids.astype(np.int64), probs[rows, ids]
 

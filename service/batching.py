@@ -247,9 +247,9 @@ class _ModelLoop:
             self._fifo.extend(participants)
 
     def _run(self) -> None:
-        # Single-threaded BLAS (see Stepper) for as long as this loop lives: entering it once
-        # here makes the per-step entries below mere counter updates; toggling OpenBLAS's
-        # thread count on every step cost ~5% of a single stream's loop time.
+        # Single-threaded BLAS (see Stepper) for as long as this loop lives, entered once here
+        # for every step below: toggling OpenBLAS's thread count on every step cost ~5% of a
+        # single stream's loop time, and even a nested entry's bookkeeping ~1%.
         with single_threaded():
             self._serve()
 
@@ -287,8 +287,8 @@ class _ModelLoop:
                 (stepping if g.draw_done(ids, probs) else finished).append(g)
         if len(stepping) == 1:  # alone: no stacking or splitting
             p = stepping[0]
-            with single_threaded():
-                p.probs, p.state = self.model.step(p.next_ids(), p.state)
+            # BLAS is single-threaded for the whole loop thread (see _run).
+            p.probs, p.state = self.model.step(p.next_ids(), p.state)
             if metrics is not None:
                 metrics.batch_rows.observe(p.rows)
             if p.advanced():
@@ -296,8 +296,7 @@ class _ModelLoop:
         elif stepping:
             ids = np.concatenate([p.next_ids() for p in stepping])  # (N,)
             state = LSTMState.concat([p.state for p in stepping])  # (L, N, H)
-            with single_threaded():  # see Stepper
-                probs, state = self.model.step(ids, state)  # (N, V): one product per layer
+            probs, state = self.model.step(ids, state)  # (N, V): one product per layer (see _run)
             if metrics is not None:
                 metrics.batch_rows.observe(len(ids))
             sizes = [p.rows for p in stepping]
@@ -323,6 +322,11 @@ class _ModelLoop:
         ids = [np.empty(g.rows, dtype=np.int64) for g in gens]
         ps = [np.empty(g.rows, dtype=np.float64) for g in gens]
         for key, members in groups.items():
+            if len(members) == 1:  # one row: its own sampler draws, no gathering (same draw)
+                j, i, own = members[0]
+                chosen, p = own.sample(gens[j].probs[i: i + 1])
+                ids[j][i], ps[j][i] = chosen[0], p[0]
+                continue
             sampler = self._samplers.get(key)
             if sampler is None:
                 sampler = self._samplers[key] = Sampler(SamplingOptions(*key, seed=0))

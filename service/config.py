@@ -61,6 +61,7 @@ class ServerConfig:
     log_level: str = "INFO"
     log_format: str = "text"
     model_cache_size: int = 8
+    prompt_cache_size: int = 1024  # 0: off
     grace_period: float = 15.0
     batching: str = "on"
     max_batch_size: int = 256
@@ -97,6 +98,7 @@ class ServerConfig:
                      "max_generate_chars", "model_cache_size", "max_input_chars"):
             at_least(name, 1)
         at_least("max_workers", 0)
+        at_least("prompt_cache_size", 0)
         at_least("max_message_bytes", 1024)
         at_least("max_corpus_bytes", 1)
         if not self.idle_timeout > 0:
@@ -225,6 +227,8 @@ _HELP: dict[str, str] = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "text (key=value) or json, one line per event",
     "model_cache_size": "model versions kept loaded in memory (least recently used go first)",
+    "prompt_cache_size": "Predict inputs (up to 256 characters) whose state after the text is "
+    "kept, so a repeated prompt is not fed again (about 4 KB each at H=256 L=2; 0: off)",
     "grace_period": "seconds in-flight calls and running jobs get to finish on SIGTERM/SIGINT",
     "batching": "on: concurrent Stream sessions and Predict calls on one model version advance "
     "together, one matrix product per step; off: each request steps the model alone",

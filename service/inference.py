@@ -22,6 +22,7 @@ import numpy as np
 from charlstm.engine import CharLSTM, LSTMState, Sampler, SamplingOptions, Vocab, top_chars
 from charlstm.engine.blas import single_threaded
 from charlstm.service.model_cache import LoadedModel
+from charlstm.service.prompt_cache import PromptCache
 
 __all__ = ["Stepper", "Generation", "Prediction", "prime", "predict"]
 
@@ -125,11 +126,12 @@ def encode_input(vocab: Vocab, text: str) -> np.ndarray:
 
 
 def prime(
-    loaded: LoadedModel, texts: list[str], stepper: Stepper
+    loaded: LoadedModel, texts: list[str], stepper: Stepper, cache: PromptCache | None = None
 ) -> tuple[np.ndarray, LSTMState]:
     """Run every text through the model as one batch.
 
     Returns the next-character probabilities after each text (B, V) and the states (L, B, H).
+    With a ``cache``, texts found there are not fed again, and the ones fed are remembered.
 
     Texts differ in length, and a state must see exactly its own characters, so the texts are
     right-aligned: the longest starts first and each shorter one joins when its remaining length
@@ -137,6 +139,24 @@ def prime(
     ``feed`` over a (T_segment, B_running) window: as many feeds as distinct lengths, each one
     GEMM per layer for its whole window.
     """
+    model = loaded.model
+    if cache is None:
+        return _prime(loaded, texts, stepper)
+    found = [cache.get(model, t) for t in texts]
+    missing = [i for i, f in enumerate(found) if f is None]
+    if missing:
+        p, s = _prime(loaded, [texts[i] for i in missing], stepper)
+        for k, i in enumerate(missing):
+            found[i] = (p[k], s.h[:, k], s.c[:, k])
+            cache.put(model, texts[i], p[k], s.h[:, k], s.c[:, k])
+    probs = np.stack([f[0] for f in found])  # (B, V) fresh arrays: the cache's stay untouched
+    state = LSTMState(np.stack([f[1] for f in found], axis=1),  # (L, B, H)
+                      np.stack([f[2] for f in found], axis=1))
+    return probs, state
+
+
+def _prime(loaded: LoadedModel, texts: list[str], stepper: Stepper) -> tuple[np.ndarray, LSTMState]:
+    """:func:`prime` without a cache."""
     model = loaded.model
     seqs = [encode_input(loaded.vocab, t) for t in texts]
     lengths = np.array([len(s) for s in seqs])  # (B,)
@@ -167,13 +187,15 @@ def predict(
     options: SamplingOptions,
     stepper: Stepper,
     should_stop: Callable[[], bool] = lambda: False,
+    cache: PromptCache | None = None,
 ) -> list[Prediction]:
     """Top-k next characters and/or a sampled continuation for each input, all batched.
 
     ``should_stop`` is polled between generated characters (a cancelled call stops there);
-    when it fires the predictions hold what was generated so far.
+    when it fires the predictions hold what was generated so far. ``cache``: see
+    :func:`prime`.
     """
-    probs, state = prime(loaded, inputs, stepper)  # (B, V)
+    probs, state = prime(loaded, inputs, stepper, cache)  # (B, V)
     results = [Prediction(input=text) for text in inputs]
     if next_top_k > 0:
         for i, r in enumerate(results):

@@ -11,7 +11,9 @@ within that time. Changes made through this process (its own jobs' checkpoints, 
 DeleteModel) call :meth:`ModelCache.forget` and are seen by the next request. A reference
 that does not resolve is never remembered; a remembered version deleted by another replica
 serves from memory until the period ends if it is loaded, and is resolved again at once if it
-is not. ``refresh_seconds`` 0 resolves on every request.
+is not. ``refresh_seconds`` 0 resolves on every request, except on a store that can tell
+cheaply when a resolution may have changed (``ref_fingerprint``: a local directory), where a
+resolution is reused while its fingerprint stays the same.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class ModelCache:
         self._loading: dict[tuple[str, int], _Loading] = {}
         # (name, ref) -> (version, monotonic time it was resolved); bounded by the refs in use.
         self._resolved: dict[tuple[str, int | str | None], tuple[int, float]] = {}
+        # refresh_seconds 0 on a store with ``ref_fingerprint``: (name, ref) -> (version, mark)
+        self._fingerprints: dict[tuple[str, int | str | None], tuple[int, tuple]] = {}
 
     def get(self, name: str, ref: int | str | None = None) -> LoadedModel:
         """The model ``name`` at ``ref`` (None/``latest``: newest; int: version; str: label).
@@ -96,6 +100,22 @@ class ModelCache:
             return self.store.resolve(name, ref), False
         key = (name, ref)
         now = time.monotonic()
+        fingerprint = getattr(self.store, "ref_fingerprint", None)
+        if self.refresh_seconds <= 0 and fingerprint is not None:
+            # A store with cheap change marks (a local directory): reuse the last resolution
+            # while nothing that could change it has changed (a few stats, not a listing).
+            with self._lock:
+                seen = self._fingerprints.get(key)
+            if seen is not None and fingerprint(name, seen[0]) == seen[1]:
+                return seen[0], True
+            version = self.store.resolve(name, ref)
+            mark = fingerprint(name, version)
+            with self._lock:
+                if mark is None:
+                    self._fingerprints.pop(key, None)
+                else:
+                    self._fingerprints[key] = (version, mark)
+            return version, False
         if self.refresh_seconds > 0:
             with self._lock:
                 hit = self._resolved.get(key)
@@ -113,6 +133,8 @@ class ModelCache:
         with self._lock:
             for key in [k for k in self._resolved if k[0] == name]:
                 del self._resolved[key]
+            for key in [k for k in self._fingerprints if k[0] == name]:
+                del self._fingerprints[key]
 
     def get_version(self, name: str, version: int) -> LoadedModel:
         """The model ``name`` at exactly ``version``, loading it if needed."""

@@ -2,7 +2,7 @@
 (``inference.py``, ``sessions.py``) and build the response.
 
 Mixed into ``CharLstmServicer``, which provides ``self.config``, ``self.models``,
-``self.sessions``, ``self.stepper`` and ``self.metrics``.
+``self.sessions``, ``self.stepper``, ``self.prompts`` and ``self.metrics``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from charlstm.service.inference import Stepper, predict
 from charlstm.service.logs import log_event
 from charlstm.service.metrics import Metrics
 from charlstm.service.model_cache import LoadedModel, ModelCache
+from charlstm.service.prompt_cache import PromptCache
 from charlstm.service.sessions import CLOSED, RequestInbox, SessionRegistry, StreamSession
 from charlstm.v1 import charlstm_pb2 as pb
 
@@ -36,6 +37,7 @@ class InferenceRpcs:
 
     config: ServerConfig
     models: ModelCache
+    prompts: PromptCache
     sessions: SessionRegistry
     stepper: Stepper
     metrics: Metrics
@@ -64,6 +66,7 @@ class InferenceRpcs:
         results = predict(
             loaded, inputs, next_top_k=next_top_k, length=length, options=options,
             stepper=self.stepper, should_stop=lambda: not context.is_active(),
+            cache=self.prompts,
         )
         self.metrics.generated_chars_total.inc(sum(len(r.continuation) for r in results))
         return pb.PredictResponse(

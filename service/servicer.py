@@ -18,6 +18,7 @@ from charlstm.service.inference import Stepper
 from charlstm.service.jobs import JobManager
 from charlstm.service.metrics import Metrics
 from charlstm.service.model_cache import ModelCache
+from charlstm.service.prompt_cache import PromptCache
 from charlstm.service.rpc_inference import InferenceRpcs
 from charlstm.service.rpc_models import ModelRpcs
 from charlstm.service.rpc_training import TrainingRpcs
@@ -72,6 +73,7 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
         self.stepper = stepper
         self.models = ModelCache(self.store, capacity=config.model_cache_size,
                                  metrics=self.metrics, refresh_seconds=config.effective_refresh_seconds)
+        self.prompts = PromptCache(config.prompt_cache_size)
         # A checkpoint written by this server's own jobs serves at once, without a refresh.
         self.jobs.on_checkpoint = self.models.forget
         self.sessions = SessionRegistry(

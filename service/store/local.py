@@ -115,6 +115,37 @@ class LocalStore(CheckpointStore):
         """The folder holding a complete version (local backend only; for tools and tests)."""
         return self._version_dir(model, self.resolve(model, ref))
 
+    #: A folder changed more recently than this is not trusted by :meth:`ref_fingerprint`:
+    #: file times are kept at a coarse clock tick, so two changes close together can leave
+    #: the same time, and only a change older than the margin is sure to be told apart.
+    FINGERPRINT_MARGIN_NS = 2_000_000_000
+
+    def ref_fingerprint(self, model: str, version: int) -> tuple | None:
+        """What changes whenever ``latest`` or a label of ``model`` may resolve differently
+        than to ``version``: the identity and modification time of the model's folder (a new
+        latest.json), its versions and labels folders (a version added or removed, a label
+        set) and ``version``'s folder (a tombstone written). A few ``stat`` calls, against a
+        listing and a manifest read for a resolution. None when a folder is missing or changed
+        too recently to be told apart from the next change (see FINGERPRINT_MARGIN_NS)."""
+        folders = (self._model_dir(model), self._versions_dir(model), self._labels_dir(model),
+                   self._version_dir(model, version))
+        marks: list[tuple[int, int] | None] = []
+        for i, folder in enumerate(folders):
+            try:
+                st = os.stat(folder)
+            except FileNotFoundError:
+                if i == 2:  # a model without labels has no labels folder
+                    marks.append(None)
+                    continue
+                return None
+            except OSError:
+                return None
+            marks.append((st.st_ino, st.st_mtime_ns))
+        newest = max(m[1] for m in marks if m is not None)  # type: ignore[index]
+        if time.time_ns() - newest < self.FINGERPRINT_MARGIN_NS:
+            return None
+        return tuple(marks)
+
     # --- Reading ----------------------------------------------------------------------------------
 
     def _model_names_on_disk(self) -> list[str]:

@@ -131,15 +131,48 @@ class SharedJobManager(JobManager):
     # -- records -----------------------------------------------------------------------------
 
     def _persist(self, job: Job) -> None:
-        if job.id in self._lost:
+        with self._lock:
+            if job.id in self._lost:
+                return
+            self._last_persist[job.id] = time.time()
+            # While this replica holds the job's lease, its record changes only by compare-and-
+            # swap on the etag this replica last saw: a replica whose lease was taken over
+            # between two renewals cannot overwrite the new owner's account of the job.
+            held = job.id in self._leases
+            try:
+                data = json.dumps(job.to_record(), indent=1).encode()
+                self._etags[job.id] = self.store.put_record(
+                    JOBS + job.id, data, if_match=self._etags.get(job.id) if held else None)
+            except RecordConflict:
+                self._record_changed_under_us(job, data)
+            except (StoreError, OSError, ValueError):
+                # The job goes on; its record catches up on the next change.
+                log.error("could not write the record of job %s", job.id, exc_info=True)
+
+    def _record_changed_under_us(self, job: Job, data: bytes) -> None:
+        """A leased job's record changed behind this replica (lock held): another replica
+        took the job over, so stop and write nothing more; or the change is ours after all
+        (an S3 write whose answer was lost), so write again on the etag now there."""
+        found = self._read(job.id)
+        if found is None or found[0].replica != self.replica_id:
+            self._lose(job.id)
             return
-        self._last_persist[job.id] = time.time()
         try:
-            data = json.dumps(job.to_record(), indent=1).encode()
-            self._etags[job.id] = self.store.put_record(JOBS + job.id, data)
-        except (StoreError, OSError, ValueError):
-            # The job goes on; its record catches up on the next change.
-            log.error("could not write the record of job %s", job.id, exc_info=True)
+            self._etags[job.id] = self.store.put_record(JOBS + job.id, data, if_match=found[1])
+        except RecordConflict:
+            self._lose(job.id)
+
+    def _job(self, job_id: str) -> Job:
+        """As for one server, but a job another replica has just created is read through from
+        the store rather than reported missing until the next sync (lock held)."""
+        if job_id and job_id not in self._jobs:
+            try:
+                found = self._read(job_id)
+            except Exception:  # noqa: BLE001 - not a valid key, or unreadable: not found here
+                found = None
+            if found is not None:
+                self._apply(*found)
+        return super()._job(job_id)
 
     def _read(self, job_id: str) -> tuple[Job, str] | None:
         record = self.store.get_record(JOBS + job_id)

@@ -38,9 +38,7 @@ def available(names: list[str]) -> list[str]:
 def child_main(module: str, quick: bool, out: Path) -> None:
     """In the child: import the module from this folder and write its results as JSON."""
     sys.path.insert(0, str(HERE))
-    spec = importlib.util.spec_from_file_location(module, HERE / f"{module}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = importlib.import_module(module)  # registered in sys.modules, as dataclasses need
     out.write_text(json.dumps(mod.run(quick)))
 
 

@@ -185,16 +185,6 @@ def _port_or_off(text: str) -> int:
     return int(text)
 
 
-def _flag(text: str) -> bool:
-    """A boolean flag's value: ``--flag`` alone, or 1/0, true/false, yes/no, on/off."""
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
 def _size(text: str) -> int:
     """Bytes, with an optional K/M/G (binary) suffix: ``16M`` = 16 MiB."""
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
@@ -266,7 +256,6 @@ _TYPES: dict[str, Callable[[str], Any]] = {
     "log_level": lambda text: text.strip().upper(),
     "log_format": lambda text: text.strip().lower(),
     "batching": lambda text: text.strip().lower(),
-    "s3_single_writer": parse_bool,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -289,7 +278,7 @@ def add_serve_arguments(
         if f.name in _TYPES:
             convert = _TYPES[f.name]
         elif isinstance(default, bool):
-            convert = _flag
+            convert = parse_bool  # --flag alone, or 1/0, true/false, yes/no, on/off
         elif isinstance(default, int):
             convert = int
         elif isinstance(default, float):
@@ -310,7 +299,7 @@ def add_serve_arguments(
             dest=f.name,
             type=convert,
             # A boolean flag alone means true (`--shared-store`); a value may follow.
-            **({"nargs": "?", "const": True} if convert is _flag else {}),
+            **({"nargs": "?", "const": True} if convert is parse_bool else {}),
             default=default,
             choices=_CHOICES.get(f.name),
             metavar=f.name.upper(),

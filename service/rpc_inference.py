@@ -21,7 +21,7 @@ from charlstm.service.logs import log_event
 from charlstm.service.metrics import Metrics
 from charlstm.service.model_cache import LoadedModel, ModelCache
 from charlstm.service.prompt_cache import PromptCache
-from charlstm.service.sessions import CLOSED, RequestInbox, SessionRegistry, StreamSession
+from charlstm.service.sessions import CLOSED, RequestReader, SessionRegistry, StreamSession
 from charlstm.v1 import charlstm_pb2 as pb
 
 __all__ = ["InferenceRpcs"]
@@ -89,8 +89,8 @@ class InferenceRpcs:
     def Stream(
         self, request_iterator: Iterator[pb.StreamRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.StreamResponse]:
-        inbox = RequestInbox(request_iterator)
-        opening = self.sessions.first_request(inbox)
+        reader = RequestReader(request_iterator, context)
+        opening = self.sessions.first_request(reader)
         if opening is CLOSED:
             return  # the client left without asking for anything
         if opening.WhichOneof("action") != "open":
@@ -98,7 +98,7 @@ class InferenceRpcs:
                 "the first message of a Stream must be `open` (got "
                 f"`{opening.WhichOneof('action') or 'nothing'}`)", field="open",
             )
-        session = self._open_session(opening.open, inbox)
+        session = self._open_session(opening.open)
         context.add_callback(lambda: self.sessions.close(session))
         try:
             yield pb.StreamResponse(opened=pb.StreamOpened(
@@ -108,14 +108,14 @@ class InferenceRpcs:
             if opening.open.prefix:
                 yield self._prediction(*session.feed(opening.open.prefix))
             while True:
-                request = self.sessions.next_request(session, inbox)
+                request = self.sessions.next_request(session, reader)
                 if request is CLOSED:
                     return  # the client finished sending and everything asked is answered
                 yield from self._handle(session, request, context)
         finally:
             self.sessions.close(session)
 
-    def _open_session(self, msg: pb.StreamOpen, inbox: RequestInbox) -> StreamSession:
+    def _open_session(self, msg: pb.StreamOpen) -> StreamSession:
         self._check_text(msg.prefix, "open.prefix")
         sampling = converters.sampling_options(msg.sampling, "open.sampling")
         loaded = self._model(msg.model, "open.model")
@@ -128,7 +128,7 @@ class InferenceRpcs:
             chars_per_message = self._chars_per_message(msg.chars_per_message,
                                                         "open.chars_per_message")
         session = self.sessions.open(
-            loaded, inbox, sampling=sampling, next_top_k=next_top_k,
+            loaded, sampling=sampling, next_top_k=next_top_k,
             chars_per_message=chars_per_message,
         )
         log_event(log, "stream_opened", session=session.id, model=loaded.name,
@@ -163,7 +163,7 @@ class InferenceRpcs:
             sampler = Sampler(converters.sampling_options(msg.sampling, "generate.sampling"))
 
         def stopped() -> bool:
-            return (session.closed.is_set() or not context.is_active()
+            return (session.closed or not context.is_active()
                     or self.sessions.generation_stopped)
 
         # Characters per message: exactly `fill` (the session's chars_per_message), or, with

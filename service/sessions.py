@@ -2,37 +2,40 @@
 
 - :class:`StreamSession` holds one session's model, state (h, c), sampler and position, and
   does feed / generate / reset in plain types (no gRPC).
-- :class:`RequestInbox` reads a session's incoming requests on a small thread of its own, so
-  the thread serving the session can wait for the next request *with a timeout*. That timeout
-  is how idle sessions are reaped: :meth:`SessionRegistry.next_request` raises
-  :class:`DeadlineExceeded` once a session has been idle for ``idle_timeout`` seconds, so the
-  call ends with a status that says so, never silently.
+- :class:`RequestReader` reads a call's requests in the thread serving the call. A session
+  waiting for its next request is that one thread blocked in gRPC's request iterator: nothing
+  else (an idle session costs the pool thread and its few objects).
 - :class:`SessionRegistry` counts open sessions against ``--max-streams``, keeps the
-  ``active_streams`` gauge, and on shutdown wakes every session waiting for a request so it
-  ends with UNAVAILABLE.
+  ``active_streams`` gauge, and bounds every wait for a request: one reaper thread per server
+  ends a call whose wait outlives ``idle_timeout`` with DEADLINE_EXCEEDED, and on shutdown
+  every waiting call with UNAVAILABLE (:func:`~charlstm.service.call_ending.end_call`), so a
+  call never ends silently.
 
-Threads per open session: the gRPC pool thread running the handler, plus the inbox reader,
-which is blocked in the request iterator almost all of the time.
+Nothing reads a session's requests while it generates: requests sent meanwhile wait in gRPC
+(flow control) and are answered in order afterwards; a cancelled call is noticed through the
+context.
 """
 
 from __future__ import annotations
 
-import itertools
-import queue
 import threading
 import time
 import uuid
 from typing import Any, Callable, Iterator
 
+import grpc
 import numpy as np
 
 from charlstm.engine import LSTMState, Sampler, SamplingOptions, Vocab, top_chars
-from charlstm.service.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from charlstm.service.call_ending import end_call
+from charlstm.service.errors import (
+    DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable,
+)
 from charlstm.service.inference import Stepper
 from charlstm.service.metrics import Metrics
 from charlstm.service.model_cache import LoadedModel
 
-__all__ = ["StreamSession", "RequestInbox", "SessionRegistry", "CLOSED"]
+__all__ = ["StreamSession", "RequestReader", "SessionRegistry", "CLOSED"]
 
 
 class _Marker:
@@ -45,9 +48,10 @@ class _Marker:
 
 #: What :meth:`SessionRegistry.next_request` returns when the client has finished sending.
 CLOSED = _Marker("CLOSED")
-_SHUTDOWN = _Marker("SHUTDOWN")
-_TIMEOUT = _Marker("TIMEOUT")
 _SHUTTING_DOWN = "the server is shutting down; open the session again (elsewhere or later)"
+#: Seconds after the drain starts at which a session waiting for a request ends.
+DRAIN_SETTLE = 0.2
+_REAPER_LINGER = 10.0  # seconds the reaper thread outlives the last wait it watched
 
 
 class StreamSession:
@@ -70,8 +74,7 @@ class StreamSession:
         self.id = session_id
         self.loaded = loaded
         self.sampling = sampling
-        # One sampler for the session's own options, so a seeded session replays exactly.
-        self.sampler = Sampler(sampling)
+        self._sampler: Sampler | None = None  # made on first use: many sessions sit idle
         self.next_top_k = next_top_k
         self.chars_per_message = chars_per_message
         self._stepper = stepper
@@ -81,7 +84,15 @@ class StreamSession:
         self._state: LSTMState | None = None
         self._probs: np.ndarray | None = None  # (1, V) after the last character fed
         self.last_activity = time.monotonic()
-        self.closed = threading.Event()
+        self.closed = False  # set once, by SessionRegistry.close: any work on it stops
+
+    @property
+    def sampler(self) -> Sampler:
+        """One sampler for the session's own options, kept, so a seeded session replays
+        exactly."""
+        if self._sampler is None:
+            self._sampler = Sampler(self.sampling)
+        return self._sampler
 
     @property
     def vocab(self) -> Vocab:
@@ -150,7 +161,7 @@ class StreamSession:
         finished = False
         try:
             for ids, p in generation:
-                if should_stop() or self.closed.is_set():
+                if should_stop() or self.closed:
                     return
                 yield chars[ids[0]], float(p[0]), generation.ready()
                 self.position += 1
@@ -176,42 +187,33 @@ def char_table(vocab: Vocab) -> list[str]:
     return table
 
 
-class RequestInbox:
-    """Moves requests from a blocking iterator onto a queue, on a daemon thread.
+class RequestReader:
+    """A call's requests, read in the thread serving the call.
 
-    The reader ends when the iterator does: the client half-closes (-> :data:`CLOSED`), the
-    call is cancelled or finishes (the iterator raises; also -> :data:`CLOSED`).
+    :meth:`SessionRegistry.first_request` and :meth:`SessionRegistry.next_request` read through
+    it, under the registry's watch: ``ended`` is the error the registry ended the call with
+    while it waited (idle too long, or the server drains).
     """
 
-    _ids = itertools.count(1)
+    def __init__(self, requests: Iterator[Any], context: grpc.ServicerContext):
+        self._requests = requests
+        self.context = context
+        self.session_id: str | None = None  # None while waiting for `open`
+        # The current wait ends the call at `deadline` (monotonic): an idle session's expiry,
+        # or, once `draining`, the drain's end.
+        self.deadline = 0.0
+        self.draining = False
+        self.ended: ServiceError | None = None  # set when the registry ended the call
 
-    def __init__(self, requests: Iterator[Any]):
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # lighter than a Queue
-        self._thread = threading.Thread(
-            target=self._read, args=(requests,), name=f"stream-reader-{next(self._ids)}",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def _read(self, requests: Iterator[Any]) -> None:
+    def read(self) -> Any:
+        """The next request, or :data:`CLOSED` when the client finished sending or the call is
+        over (the iterator raises when the call was cancelled: either way no more requests)."""
         try:
-            for request in requests:
-                self._queue.put(request)
-        except Exception:  # noqa: BLE001 - cancelled or finished: either way no more requests
-            pass
-        finally:
-            self._queue.put(CLOSED)
-
-    def get(self, timeout: float) -> Any:
-        """The next request, :data:`CLOSED`, the shutdown marker, or ``_TIMEOUT``."""
-        try:
-            return self._queue.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            return _TIMEOUT
-
-    def interrupt(self) -> None:
-        """Wake the handler waiting in :meth:`get` with the shutdown marker."""
-        self._queue.put(_SHUTDOWN)
+            return next(self._requests)
+        except StopIteration:
+            return CLOSED
+        except Exception:  # noqa: BLE001 - cancelled or finished
+            return CLOSED
 
 
 class SessionRegistry:
@@ -230,9 +232,13 @@ class SessionRegistry:
         self.stepper = stepper
         self._metrics = metrics
         self._lock = threading.Lock()
-        self._sessions: dict[str, tuple[StreamSession, RequestInbox]] = {}
-        self._pending: set[RequestInbox] = set()  # calls waiting for their `open`
+        self._sessions: dict[str, StreamSession] = {}
+        self._waiting: set[RequestReader] = set()  # calls blocked reading their next request
+        self._wake = threading.Condition(self._lock)  # the reaper: a sooner deadline, or drain
+        self._reaper: threading.Thread | None = None
+        self._next_deadline = float("inf")  # when the reaper wakes next
         self._draining = False
+        self._drain_deadline = float("inf")  # draining: waits end by then (monotonic)
         self._generation_stopped = threading.Event()
 
     def __len__(self) -> int:
@@ -242,7 +248,6 @@ class SessionRegistry:
     def open(
         self,
         loaded: LoadedModel,
-        inbox: RequestInbox,
         *,
         sampling: SamplingOptions,
         next_top_k: int,
@@ -262,7 +267,7 @@ class SessionRegistry:
                     f"too many open Stream sessions: this server allows {self.max_sessions} at "
                     "once (--max-streams); close one or retry later"
                 )
-            self._sessions[session.id] = (session, inbox)
+            self._sessions[session.id] = session
             if self._metrics is not None:
                 self._metrics.active_streams.inc()
         return session
@@ -270,74 +275,140 @@ class SessionRegistry:
     def close(self, session: StreamSession) -> None:
         """Forget a session and stop any work on it. Safe to call more than once, from any
         thread (the handler's ``finally`` and the call's termination callback both do)."""
-        session.closed.set()
+        session.closed = True
         with self._lock:
             if self._sessions.pop(session.id, None) is not None and self._metrics is not None:
                 self._metrics.active_streams.dec()
 
-    def first_request(self, inbox: RequestInbox) -> Any:
+    def first_request(self, reader: RequestReader) -> Any:
         """Wait for a new call's first request (or :data:`CLOSED`): DeadlineExceeded after
         ``idle_timeout``, Unavailable when the server drains meanwhile."""
-        with self._lock:
-            if self._draining:
-                raise Unavailable(_SHUTTING_DOWN)
-            self._pending.add(inbox)
-        try:
-            deadline = time.monotonic() + self.idle_timeout
-            while True:
-                item = inbox.get(deadline - time.monotonic())
-                if item is _SHUTDOWN:
-                    raise Unavailable(_SHUTTING_DOWN)
-                if item is not _TIMEOUT:
-                    return item
-                if time.monotonic() >= deadline:
-                    raise DeadlineExceeded(
-                        f"no `open` message arrived within {self.idle_timeout:g} s (the "
-                        "server's --idle-timeout)"
-                    )
-        finally:
-            with self._lock:
-                self._pending.discard(inbox)
+        return self._read(reader, time.monotonic() + self.idle_timeout)
 
-    def next_request(self, session: StreamSession, inbox: RequestInbox) -> Any:
+    def next_request(self, session: StreamSession, reader: RequestReader) -> Any:
         """Wait for the session's next request (or :data:`CLOSED`).
 
         This is where idle sessions are reaped: DeadlineExceeded when nothing arrives within
         ``idle_timeout`` of the session's last activity; Unavailable when the server drains.
         """
+        reader.session_id = session.id
+        request = self._read(reader, session.last_activity + self.idle_timeout)
+        session.touch()
+        return request
+
+    def _read(self, reader: RequestReader, deadline: float) -> Any:
+        """Read one request in this thread, the reaper watching the wait (see the module
+        doc); raises the error the registry ended the call with."""
+        with self._lock:
+            reader.deadline, reader.draining = deadline, False
+            if self._draining:
+                if time.monotonic() >= self._drain_deadline:
+                    raise self._error(reader, shutdown=True)
+                self._drain(reader)
+            self._waiting.add(reader)
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="charlstm-stream-reaper",
+                                                daemon=True)
+                self._reaper.start()
+            elif reader.deadline < self._next_deadline:
+                self._wake.notify()
+        try:
+            request = reader.read()
+        finally:
+            with self._lock:
+                self._waiting.discard(reader)
+        if reader.ended is not None:
+            raise reader.ended
+        return request
+
+    def _error(self, reader: RequestReader, *, shutdown: bool) -> ServiceError:
+        """Why the registry ends a wait (built only then: an idle session keeps no message)."""
+        sid = reader.session_id
+        if shutdown:
+            if sid is None:
+                return Unavailable(_SHUTTING_DOWN)
+            return Unavailable(f"the server is shutting down; Stream session {sid} is closed, "
+                               "open a new one (on another server or after the restart)")
+        if sid is None:
+            return DeadlineExceeded(f"no `open` message arrived within {self.idle_timeout:g} s "
+                                    "(the server's --idle-timeout)")
+        return DeadlineExceeded(
+            f"Stream session {sid} was idle for more than {self.idle_timeout:g} s (the "
+            "server's --idle-timeout) and has been closed; open a new session")
+
+    def _drain(self, reader: RequestReader) -> None:
+        """The wait of ``reader`` ends, for the drain, at the drain deadline (caller holds
+        ``_lock``)."""
+        if self._drain_deadline <= reader.deadline:  # else it expires (idle) before that
+            reader.deadline, reader.draining = self._drain_deadline, True
+
+    def _take(self, readers: list[RequestReader], *, shutdown: bool) -> None:
+        """Stop watching ``readers`` and set the error each call ends with (caller holds
+        ``_lock``); :meth:`_end` then ends them."""
+        for reader in readers:
+            self._waiting.discard(reader)
+            reader.ended = self._error(reader, shutdown=shutdown or reader.draining)
+            if (self._metrics is not None and reader.session_id is not None
+                    and not (shutdown or reader.draining)):
+                self._metrics.stream_sessions_expired_total.inc()
+
+    def _reap(self) -> None:
+        """The reaper thread: ends every wait past its deadline; exits after a while with no
+        wait to watch (the next wait starts it again)."""
         while True:
-            remaining = session.last_activity + self.idle_timeout - time.monotonic()
-            if remaining <= 0:
-                if self._metrics is not None:
-                    self._metrics.stream_sessions_expired_total.inc()
-                raise DeadlineExceeded(
-                    f"Stream session {session.id} was idle for more than {self.idle_timeout:g} s "
-                    "(the server's --idle-timeout) and has been closed; open a new session"
-                )
-            item = inbox.get(remaining)
-            if item is _TIMEOUT:
-                continue
-            if item is _SHUTDOWN:
-                raise Unavailable(
-                    f"the server is shutting down; Stream session {session.id} is closed, open "
-                    "a new one (on another server or after the restart)"
-                )
-            session.touch()
-            return item
+            with self._lock:
+                now = time.monotonic()
+                due = [r for r in self._waiting if r.deadline <= now]
+                self._take(due, shutdown=False)
+                if not due:
+                    if self._waiting:
+                        self._next_deadline = min(r.deadline for r in self._waiting)
+                        self._wake.wait(self._next_deadline - now)
+                    else:
+                        self._next_deadline = float("inf")
+                        if not self._wake.wait(_REAPER_LINGER) and not self._waiting:
+                            self._reaper = None
+                            return
+                    continue
+            self._end(due)
+
+    @staticmethod
+    def _end(readers: list[RequestReader]) -> None:
+        """End the calls of ``readers`` with their ``ended`` error, outside ``_lock`` (the
+        calls' termination callbacks take it). Each serving thread, woken in the request
+        iterator, raises that error (:meth:`_read`)."""
+        for reader in readers:
+            assert reader.ended is not None
+            end_call(reader.context, reader.ended.code, reader.ended.message)
 
     def shutdown(self) -> None:
         """Refuse new sessions and end the open ones at their next wait for a request (a
-        generation in progress finishes first, within the server's grace period)."""
+        generation in progress finishes first, within the server's grace period).
+
+        A wait ends ``DRAIN_SETTLE`` seconds after the drain starts, not at once: a request
+        the client sent just before is then still read and served, where a reader started
+        only now would otherwise race it."""
         with self._lock:
+            if self._draining:
+                return
             self._draining = True
-            inboxes = [inbox for _, inbox in self._sessions.values()] + list(self._pending)
-        for inbox in inboxes:
-            inbox.interrupt()
+            self._drain_deadline = time.monotonic() + DRAIN_SETTLE
+            for reader in self._waiting:
+                self._drain(reader)
+            self._wake.notify()
 
     def stop_generations(self) -> None:
         """End of the grace period: generations in progress stop at their next character
-        (the RPC layer ends those calls with UNAVAILABLE)."""
+        (the RPC layer ends those calls with UNAVAILABLE), and sessions still waiting for a
+        request end now, not ``DRAIN_SETTLE`` after the drain began (with no grace period that
+        would be after gRPC has cancelled their calls without a word)."""
         self._generation_stopped.set()
+        with self._lock:
+            self._draining = True
+            self._drain_deadline = time.monotonic()
+            due = list(self._waiting)
+            self._take(due, shutdown=True)
+        self._end(due)
 
     @property
     def generation_stopped(self) -> bool:

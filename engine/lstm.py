@@ -423,6 +423,9 @@ def run_layers(
     return x, h_T, c_T
 
 
+_STEP_SCALES: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+
+
 def step_layers(
     w: Params, ids: np.ndarray, h0: np.ndarray, c0: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -432,22 +435,28 @@ def step_layers(
     The same equations as :func:`run_layers` with T = 1, written for the per-character
     serving path: no window buffers, every temporary written in place, so a batch-1 step is
     a few dozen small NumPy calls (their fixed cost, not the arithmetic, is most of its time).
+    The products go through ``np.dot``, which releases the GIL inside BLAS where ``matmul``
+    of these shapes holds it (the same gemv/gemm call, so the same bits): a server's other
+    threads run meanwhile.
     """
     L, H = w.L, w.H
     B = ids.shape[0]
     dt = w.flat.dtype
     h = np.empty((L, B, H), dt)
     c = np.empty((L, B, H), dt)
-    half = gate_scales(H, dt)
-    shift = 1.0 - half
+    scales = _STEP_SCALES.get((H, dt.str))
+    if scales is None:  # constants of (H, dtype): made once, never written
+        half = gate_scales(H, dt)
+        scales = _STEP_SCALES[(H, dt.str)] = (half, 1.0 - half)
+    half, shift = scales
     z = np.empty((B, 4 * H), dt)
     zh = np.empty((B, 4 * H), dt)
     ig = np.empty((B, H), dt)
     x = w.E[ids]  # (B, E)
     for k in range(L):
-        np.matmul(x, w.W_x[k], out=z)
+        np.dot(x, w.W_x[k], out=z)
         z += w.b_x[k] + w.b_h[k]  # the same order of additions as run_layers: equal results
-        np.matmul(h0[k], w.W_h[k], out=zh)
+        np.dot(h0[k], w.W_h[k], out=zh)
         z += zh
         gate_activations_(z, half, shift)  # [i f o g]
         ck, hk = c[k], h[k]

@@ -292,14 +292,26 @@ class CharLSTM:
         ids: (B,) integer ids. Returns next-character probabilities (B, V) float64 and the new
         state (``state`` itself is not modified).
         """
-        ids = self._check_ids(ids, 1)
-        if ids.shape[0] < 1:
-            raise ConfigError("ids", f"ids must hold at least one stream (got shape {ids.shape})")
+        ids = self._check_step_ids(ids)
         state = self._check_state(state, ids.shape[0])
         w = self.params
         y, h, c = lstm.step_layers(w, ids, state.h.astype(self.dtype, copy=False), state.c.astype(self.dtype, copy=False))
-        z = lstm.logits(w, y).astype(np.float64)  # (B, V)
-        return _softmax(z), LSTMState(h, c)
+        # lstm.logits with np.dot: the same product (same bits), without holding the GIL.
+        z = np.dot(y, w.W_y)
+        z += w.b_y
+        return _softmax(z.astype(np.float64)), LSTMState(h, c)
+
+    def _check_step_ids(self, ids) -> np.ndarray:
+        """:meth:`_check_ids` for (B,); one id (a single stream, once per generated
+        character) is checked as a Python int, without two array reductions."""
+        if type(ids) is np.ndarray and ids.shape == (1,) and ids.dtype.kind in "iu":
+            if not 0 <= int(ids[0]) < self.config.vocab_size:
+                return self._check_ids(ids, 1)  # its error
+            return ids.astype(np.intp, copy=False)
+        ids = self._check_ids(ids, 1)
+        if ids.shape[0] < 1:
+            raise ConfigError("ids", f"ids must hold at least one stream (got shape {ids.shape})")
+        return ids
 
     def log_probs(self, ids: np.ndarray, state: LSTMState) -> tuple[np.ndarray, LSTMState]:
         """Log-probabilities of the next character after every position: ids (T, B) ->

@@ -47,6 +47,48 @@ class Sampler:
         options.validate()
         self.options = options
         self.rng = np.random.Generator(np.random.PCG64(options.seed))
+        self._row: np.ndarray | None = None  # (V,) scratch of the one-row path
+
+    def _sample_row(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`sample` of one row (1, V) in about a third of its time, or None when the
+        general path must take it (a zero probability outside UNK, or temperature 0).
+
+        A single stream draws one row per generated character, so this path is the server's
+        hot loop: preallocated scratch, one reduction to validate, and no ``errstate`` (UNK is
+        the only zero it takes, and its log is written as -inf directly). Every value goes
+        through the same operations in the same order as the general path (1-D instead of
+        (1, V): the same element-wise loops, the same sequential cumsum), so the ids drawn
+        for a seed are exactly the general path's.
+        """
+        o = self.options
+        row = probs[0]  # (V,)
+        low = row.min()
+        if not (low > 0 and row.max() < np.inf) or o.temperature == 0:
+            return None  # zeros (or invalid values: the general path says which)
+        V = row.shape[0]
+        logp = self._row
+        if logp is None or logp.shape[0] != V:
+            logp = self._row = np.empty(V, dtype=np.float64)
+        np.log(row, out=logp)
+        logp[Vocab.UNK_ID] = -np.inf  # = log(0): UNK is never drawn
+        logp /= o.temperature
+        top = logp.max()
+        if not -np.inf < top < np.inf:  # overflowed (a subnormal temperature): not our case
+            return None
+        logp -= top
+        q = np.exp(logp, out=logp)  # (V,)
+        order = np.argsort(-q, kind="stable")  # most likely first
+        q_sorted = q[order]
+        if 0 < o.top_k < V:
+            q_sorted[o.top_k:] = 0.0
+        if o.top_p < 1.0:
+            total = max(q_sorted.sum(), 1e-300)
+            before = (np.cumsum(q_sorted) - q_sorted) / total
+            q_sorted[before >= o.top_p] = 0.0
+        cdf = np.cumsum(q_sorted, out=q_sorted)  # (V,)
+        u = self.rng.random() * cdf[-1]  # the draw rng.random(1) makes
+        i = int(order[min(int(cdf.searchsorted(u, side="right")), V - 1)])
+        return np.array([i], dtype=np.int64), row[i: i + 1].copy()
 
     def sample(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """probs (B, V) -> chosen ids (B,) int64 and the model's (untempered) probability of
@@ -54,8 +96,15 @@ class Sampler:
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[1] < 2 or probs.shape[0] < 1:
             raise ConfigError("probs", f"probs must have shape (B, V) with B >= 1, V >= 2 (got {probs.shape})")
+        if probs.shape[0] == 1:
+            drawn = self._sample_row(probs)
+            if drawn is not None:
+                return drawn
+        return self._sample_rows(probs)
+
+    def _sample_rows(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`sample`, any number of rows: probs (B, V) float64, shape checked."""
         # Two reductions instead of isfinite/any over the whole array: NaN fails `>= 0`.
-        # (This runs once per generated character: every NumPy call here costs microseconds.)
         if not (probs.min() >= 0 and probs.max() < np.inf):
             raise ConfigError("probs", "probs must be finite and non-negative")
         B, V = probs.shape

@@ -259,7 +259,10 @@ class _ModelLoop:
             if batch is None:
                 return
             try:
-                still = self._iterate(batch)
+                if len(batch) == 1 and isinstance(batch[0], _Generation) and batch[0].rows == 1:
+                    still = self._run_alone(batch[0])
+                else:
+                    still = self._iterate(batch)
             except BaseException as error:  # noqa: BLE001 - hand it to every caller in the batch
                 log.exception("a batched step failed", extra={"fields": {
                     "event": "batch_failed", "participants": len(batch)}})
@@ -269,9 +272,31 @@ class _ModelLoop:
                 continue
             self._requeue(still)
 
-    def _iterate(self, batch: list[_Participant]) -> list[_Participant]:
-        """One iteration: draw for the generations, one step for every row; returns the
-        participants that go on."""
+    def _run_alone(self, g: _Generation) -> list[_Participant]:
+        """Iterations of a one-row generation alone in the loop (a single stream): the same
+        draw, step and hand-over as :meth:`_iterate`, repeated without going back through the
+        FIFO for as long as nothing else is queued, the reader keeps up and nobody stopped
+        it. A participant submitted meanwhile joins at the next step, as it would anyway.
+        Returns what :meth:`_iterate` returns."""
+        self._mark_started([g])
+        sampler, model, out = g.samplers[0], self.model, g.out
+        rows = None if self.owner.metrics is None else self.owner.metrics.batch_rows
+        while True:
+            ids, p = sampler.sample(g.probs)  # (1,), (1,): what _draw's one-row group draws
+            if not g.draw_done(ids, p):
+                g.finish()
+                return []
+            g.probs, g.state = model.step(ids, g.state)  # single-threaded BLAS (see _run)
+            if rows is not None:
+                rows.observe(1)
+            if g.advanced():
+                g.finish()
+                return []
+            if self._fifo or g.stopped or out.qsize() >= self.max_ahead:
+                return [g]  # others to serve, or for _take to set aside
+
+    def _mark_started(self, batch: list[_Participant]) -> None:
+        """The queue-wait metric, at a participant's first step."""
         now = time.monotonic()
         metrics = self.owner.metrics
         for p in batch:
@@ -279,6 +304,12 @@ class _ModelLoop:
                 p.started = True
                 if metrics is not None:
                     metrics.batch_queue_wait_seconds.observe(now - p.submitted)
+
+    def _iterate(self, batch: list[_Participant]) -> list[_Participant]:
+        """One iteration: draw for the generations, one step for every row; returns the
+        participants that go on."""
+        self._mark_started(batch)
+        metrics = self.owner.metrics
         gens = [p for p in batch if isinstance(p, _Generation)]
         stepping: list[_Participant] = [p for p in batch if not isinstance(p, _Generation)]
         finished: list[_Participant] = []

@@ -146,3 +146,34 @@ def test_lstm_state_helpers():
     assert LSTMState.concat([s, pair]).batch_size == 6
     with pytest.raises(ConfigError):
         LSTMState.concat([])
+
+
+def test_step_is_bit_for_bit_the_matmul_equations(rng):
+    """step's products release the GIL (np.dot); the numbers are exactly those of the same
+    equations written with matmul (the serving path's generated text must not change)."""
+    from charlstm.engine import lstm
+
+    for dtype in ("float32", "float64"):
+        config = ModelConfig(vocab_size=11, embedding_size=6, hidden_size=32, num_layers=2, dtype=dtype)
+        model = CharLSTM(config, seed=4)
+        w = model.params
+        for B in (1, 3, 40):
+            h0 = rng.normal(size=(2, B, 32)).astype(dtype)
+            c0 = rng.normal(size=(2, B, 32)).astype(dtype)
+            ids = rng.integers(0, 11, B)
+            probs, state = model.step(ids, LSTMState(h0, c0))
+            x, hs, cs = w.E[ids], [], []
+            half = lstm.gate_scales(32, np.dtype(dtype))
+            for k in range(2):
+                z = np.matmul(x, w.W_x[k]) + (w.b_x[k] + w.b_h[k])
+                z += np.matmul(h0[k], w.W_h[k])
+                lstm.gate_activations_(z, half, 1.0 - half)
+                c = z[:, 32:64] * c0[k] + z[:, :32] * z[:, 96:]
+                x = np.tanh(c) * z[:, 64:96]
+                hs.append(x)
+                cs.append(c)
+            logits = (x @ w.W_y + w.b_y).astype(np.float64)
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            np.testing.assert_array_equal(state.h, np.stack(hs))
+            np.testing.assert_array_equal(state.c, np.stack(cs))
+            np.testing.assert_array_equal(probs, e / e.sum(axis=1, keepdims=True))

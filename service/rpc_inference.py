@@ -162,9 +162,16 @@ class InferenceRpcs:
             # A full replacement of the session's options for this generation.
             sampler = Sampler(converters.sampling_options(msg.sampling, "generate.sampling"))
 
+        polls = 0
+
         def stopped() -> bool:
-            return (session.closed or not context.is_active()
-                    or self.sessions.generation_stopped)
+            # Polled once per character: the session's flag and the drain's are plain reads;
+            # the call's own state takes a lock, so it is asked every 16th time (a cancelled
+            # call also closes the session, through the callback set when it opened).
+            nonlocal polls
+            polls += 1
+            return (session.closed or self.sessions.generation_stopped
+                    or (polls % 16 == 0 and not context.is_active()))
 
         # Characters per message: exactly `fill` (the session's chars_per_message), or, with
         # generate.max_chars_per_message, whatever is already drawn up to that many.
@@ -174,29 +181,42 @@ class InferenceRpcs:
                                                "generate.max_chars_per_message")
             fill = coalesce
         generated = 0
+        counted = 0  # characters sent and added to generated_chars_total (in steps: its lock)
         text: list[str] = []
         probs: list[float] = []
-        for char, p, ready in session.generate(length, sampler, should_stop=stopped):
-            generated += 1
-            text.append(char)
-            probs.append(p)
-            if len(text) >= fill or (coalesce and not ready):
-                self.metrics.generated_chars_total.inc(len(text))
+        try:
+            for char, p, ready in session.generate(length, sampler, should_stop=stopped):
+                generated += 1
+                if fill == 1:  # one character a message (the default): no lists to join
+                    yield pb.StreamResponse(chars=pb.GeneratedChars(text=char, probabilities=(p,)))
+                else:
+                    text.append(char)
+                    probs.append(p)
+                    if len(text) < fill and (not coalesce or ready):
+                        continue
+                    yield pb.StreamResponse(chars=pb.GeneratedChars(text="".join(text),
+                                                                    probabilities=probs))
+                    text, probs = [], []
+                if generated - counted >= 64:
+                    self.metrics.generated_chars_total.inc(generated - len(text) - counted)
+                    counted = generated - len(text)
+            if self.sessions.generation_stopped and context.is_active():
+                raise Unavailable(
+                    f"the server is shutting down: this generation stopped after {generated} of "
+                    f"{length} characters and Stream session {session.id} is closed; open a new "
+                    "one"
+                )
+            if session.closed or not context.is_active():
+                return
+            if text:
                 yield pb.StreamResponse(chars=pb.GeneratedChars(text="".join(text),
                                                                 probabilities=probs))
-                text, probs = [], []
-        if self.sessions.generation_stopped and context.is_active():
-            raise Unavailable(
-                f"the server is shutting down: this generation stopped after {generated} of "
-                f"{length} characters and Stream session {session.id} is closed; open a new one"
-            )
-        if stopped():
-            return
-        if text:
-            self.metrics.generated_chars_total.inc(len(text))
-            yield pb.StreamResponse(chars=pb.GeneratedChars(text="".join(text),
-                                                            probabilities=probs))
-        yield pb.StreamResponse(end=pb.GenerationEnd(generated=generated))
+                text = []
+            yield pb.StreamResponse(end=pb.GenerationEnd(generated=generated))
+        finally:
+            # Every character handed to gRPC counts (a cancelled call's last message too).
+            if generated - len(text) > counted:
+                self.metrics.generated_chars_total.inc(generated - len(text) - counted)
 
     # -- shared checks -----------------------------------------------------------------------
 

@@ -8,12 +8,13 @@
 - :class:`SessionRegistry` counts open sessions against ``--max-streams``, keeps the
   ``active_streams`` gauge, and bounds every wait for a request: one reaper thread per server
   ends a call whose wait outlives ``idle_timeout`` with DEADLINE_EXCEEDED, and on shutdown
-  every waiting call with UNAVAILABLE (:func:`~charlstm.service.call_ending.end_call`), so a
-  call never ends silently.
+  every waiting call with UNAVAILABLE (``DRAIN_SETTLE`` after the drain starts, or at once at
+  the end of the grace period), cancelling it in gRPC core with that status
+  (:func:`~charlstm.service.call_ending.end_call`), so a call never ends silently.
 
 Nothing reads a session's requests while it generates: requests sent meanwhile wait in gRPC
 (flow control) and are answered in order afterwards; a cancelled call is noticed through the
-context.
+session's ``closed`` flag (set by the call's termination callback) and the context.
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ class RequestReader:
     it, under the registry's watch: ``ended`` is the error the registry ended the call with
     while it waited (idle too long, or the server drains).
     """
+
+    __slots__ = ("_requests", "context", "session_id", "deadline", "draining", "ended")
 
     def __init__(self, requests: Iterator[Any], context: grpc.ServicerContext):
         self._requests = requests

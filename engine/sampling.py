@@ -62,9 +62,10 @@ class Sampler:
         """
         o = self.options
         row = probs[0]  # (V,)
-        low = row.min()
-        if not (low > 0 and row.max() < np.inf) or o.temperature == 0:
-            return None  # zeros (or invalid values: the general path says which)
+        # NaN fails `> 0`; an infinity makes the maximum below infinite, or is UNK's (whose
+        # log is not used): all go to the general path, which says what is wrong.
+        if not (row.min() > 0 and row[Vocab.UNK_ID] < np.inf) or o.temperature == 0:
+            return None  # zeros outside UNK (or invalid values)
         V = row.shape[0]
         logp = self._row
         if logp is None or logp.shape[0] != V:
@@ -73,8 +74,8 @@ class Sampler:
         logp[Vocab.UNK_ID] = -np.inf  # = log(0): UNK is never drawn
         logp /= o.temperature
         top = logp.max()
-        if not -np.inf < top < np.inf:  # overflowed (a subnormal temperature): not our case
-            return None
+        if not -np.inf < top < np.inf:  # an infinite probability, or overflow (a subnormal
+            return None  # temperature): the general path's case
         logp -= top
         q = np.exp(logp, out=logp)  # (V,)
         order = np.argsort(-q, kind="stable")  # most likely first

@@ -19,6 +19,7 @@ session's ``closed`` flag (set by the call's termination callback) and the conte
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -35,6 +36,8 @@ from charlstm.service.errors import (
 from charlstm.service.inference import Stepper
 from charlstm.service.metrics import Metrics
 from charlstm.service.model_cache import LoadedModel
+
+log = logging.getLogger("charlstm.service.sessions")
 
 __all__ = ["StreamSession", "RequestReader", "SessionRegistry", "CLOSED"]
 
@@ -382,7 +385,11 @@ class SessionRegistry:
         iterator, raises that error (:meth:`_read`)."""
         for reader in readers:
             assert reader.ended is not None
-            end_call(reader.context, reader.ended.code, reader.ended.message)
+            try:
+                end_call(reader.context, reader.ended.code, reader.ended.message)
+            except Exception:  # noqa: BLE001 - the reaper must live on for the other calls
+                log.exception("could not end a Stream call", extra={"fields": {
+                    "event": "stream_end_failed", "session": reader.session_id}})
 
     def shutdown(self) -> None:
         """Refuse new sessions and end the open ones at their next wait for a request (a

@@ -169,3 +169,12 @@ def test_one_row_draws_exactly_what_the_general_path_draws(temperature):
             assert ids.dtype == ref_ids.dtype == np.int64 and p.dtype == ref_p.dtype
             np.testing.assert_array_equal(ids, ref_ids)
             np.testing.assert_array_equal(p, ref_p)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.1])
+@pytest.mark.parametrize("where", [Vocab.UNK_ID, 3])
+def test_one_row_refuses_what_the_general_path_refuses(bad, where):
+    row = np.full((1, 6), 0.2)
+    row[0, where] = bad
+    with pytest.raises(ConfigError, match="finite and non-negative"):
+        Sampler(SamplingOptions(temperature=0.8, seed=1)).sample(row)

@@ -194,9 +194,9 @@ class InferenceRpcs:
                     probs.append(p)
                     if len(text) < fill and (not coalesce or ready):
                         continue
-                    yield pb.StreamResponse(chars=pb.GeneratedChars(text="".join(text),
-                                                                    probabilities=probs))
-                    text, probs = [], []
+                    message = pb.GeneratedChars(text="".join(text), probabilities=probs)
+                    text, probs = [], []  # handed over: counted even if the call ends at yield
+                    yield pb.StreamResponse(chars=message)
                 if generated - counted >= 64:
                     self.metrics.generated_chars_total.inc(generated - len(text) - counted)
                     counted = generated - len(text)
@@ -209,9 +209,9 @@ class InferenceRpcs:
             if session.closed or not context.is_active():
                 return
             if text:
-                yield pb.StreamResponse(chars=pb.GeneratedChars(text="".join(text),
-                                                                probabilities=probs))
+                message = pb.GeneratedChars(text="".join(text), probabilities=probs)
                 text = []
+                yield pb.StreamResponse(chars=message)
             yield pb.StreamResponse(end=pb.GenerationEnd(generated=generated))
         finally:
             # Every character handed to gRPC counts (a cancelled call's last message too).

@@ -204,3 +204,19 @@ def test_many_sessions_are_independent(stub):
     assert text_a == alone and len(text_b) == 20
     a.close(), b.close()
     list(ra), list(rb)
+
+
+def test_generated_chars_counts_every_character_sent(server, stub):
+    """The counter is updated in steps (its lock costs per character); at the end of each
+    generation it holds every character sent, one per message or coalesced."""
+    before = generated_chars(server)
+    coalesced = pb.StreamRequest(generate=pb.StreamGenerate(length=101, max_chars_per_message=7))
+    requests = Requests(open_msg(), gen(150), coalesced)
+    responses = stub.Stream(iter(requests))
+    next(responses)  # opened
+    text, _, messages, _ = read_generation(responses)
+    assert len(text) == 150 and messages == 150
+    text, _, messages, _ = read_generation(responses)
+    assert len(text) == 101 and messages <= 101
+    requests.close()
+    wait_for(lambda: generated_chars(server) - before == 251, what="251 characters counted")

@@ -2,10 +2,10 @@
 
 - :func:`configure_logging` sets up the ``charlstm`` logger tree once per process.
 - :func:`log_event` writes one event with key/value fields (``event=rpc method=... code=OK``).
-- :class:`AccessLogInterceptor` gives every RPC a request id (the client's ``x-request-id``
-  metadata, else a fresh one), makes it available to the handler through
-  :func:`current_request_id`, and after the RPC writes one access line (method, status code,
-  duration, peer) and updates the RPC metrics.
+- :func:`begin_request` gives every RPC a request id (the client's ``x-request-id``
+  metadata, else a fresh one), available to the handler through :func:`current_request_id`;
+  after the RPC :class:`AccessLog` writes one access line (method, status code, duration,
+  peer) and updates the RPC metrics. Both run in every call's wrapper (``call_pipeline.py``).
 
 A text line reads::
 
@@ -22,12 +22,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import math
 import sys
-import threading
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -37,9 +36,9 @@ __all__ = [
     "configure_logging",
     "log_event",
     "current_request_id",
-    "AccessLogInterceptor",
+    "AccessLog",
+    "begin_request",
     "REQUEST_ID_KEY",
-    "rewrap_handler",
 ]
 
 REQUEST_ID_KEY = "x-request-id"
@@ -71,14 +70,30 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
 # Formatters
 
 
+# The date and time of the last second formatted: a busy server logs many lines a second.
+_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, tz=timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%f"
-    )[:-3] + "Z"
+    """``2025-01-01T12:00:00.123Z`` (UTC, milliseconds truncated)."""
+    global _second
+    # Rounded to the microsecond as datetime.fromtimestamp does, then truncated.
+    fraction, whole = math.modf(record.created)
+    seconds, micros = int(whole), round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    cached = _second  # one read: another thread may replace it meanwhile
+    if cached[0] != seconds:
+        cached = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{cached[1]}.{micros // 1000:03d}Z"
+
+
+# json.dumps(..., default=str) builds an encoder per call; one serves every line.
+_json = json.JSONEncoder(default=str)
 
 
 def _format_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = value if isinstance(value, str) else _json.encode(value)
     # Quote values a reader or a log parser would otherwise split.
     if text == "" or any(ch.isspace() or ch in '"=' for ch in text):
         return json.dumps(text)
@@ -115,7 +130,7 @@ class JsonFormatter(logging.Formatter):
             out["message"] = record.getMessage()
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return _json.encode(out)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) -> None:
@@ -137,7 +152,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text", stream: Any = None
 
 
 # ---------------------------------------------------------------------------------------------
-# The access-log interceptor
+# The access log
 
 
 def _request_id_from(metadata: Any) -> str:
@@ -150,70 +165,29 @@ def _request_id_from(metadata: Any) -> str:
     return uuid.uuid4().hex
 
 
-class AccessLogInterceptor(grpc.ServerInterceptor):
-    """Assigns request ids, writes one access-log line per RPC and records RPC metrics.
+def begin_request(metadata: Any) -> str:
+    """Give the RPC on this thread its request id (the client's ``x-request-id`` metadata,
+    else a fresh one), readable by :func:`current_request_id`; returns it."""
+    request_id = _request_id_from(metadata)
+    _request_id.set(request_id)
+    return request_id
 
-    Install it first (outermost) so refused calls (unauthenticated, draining) are logged and
-    counted too.
+
+class AccessLog:
+    """Writes one access-log line per RPC and records the RPC metrics.
+
+    The call wrapper (``call_pipeline.py``) calls :meth:`record` once per call, outermost, so
+    refused calls (unauthenticated, draining) are logged and counted too.
     """
 
     def __init__(self, metrics: Metrics | None = None):
         self._metrics = metrics
+        # prometheus-client children by label values: ``labels()`` parses its arguments and
+        # takes a lock on every call; the (method, code) pairs in use are few.
+        self._counts: dict[tuple[str, str], Any] = {}
+        self._latencies: dict[str, Any] = {}
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
-            return None
-        method = handler_call_details.method
-        request_id = _request_id_from(handler_call_details.invocation_metadata)
-
-        def start(context: grpc.ServicerContext) -> Callable[[bool], None]:
-            """Begin timing; returns ``finish(error)``, which records the call once.
-
-            Streams are also finished by the call's termination callback: a cancelled
-            stream's generator is only closed when it is collected."""
-            _request_id.set(request_id)
-            started = time.perf_counter()
-            done = threading.Lock()
-
-            def finish(error: bool) -> None:
-                if done.acquire(blocking=False):
-                    self._record(method, context, started, request_id, error)
-
-            return finish
-
-        def wrap_unary(behavior: Callable) -> Callable:
-            def wrapped(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-                finish = start(context)
-                error = True
-                try:
-                    response = behavior(request_or_iterator, context)
-                    error = False
-                    return response
-                finally:
-                    finish(error)
-
-            return wrapped
-
-        def wrap_stream(behavior: Callable) -> Callable:
-            def wrapped(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                finish = start(context)
-                context.add_callback(lambda: finish(not context.is_active()
-                                                    and context.code() is None))
-                error = True
-                try:
-                    # grpc iterates a response stream on one pool thread, start to end, so the
-                    # request id set in start() holds for the whole generator.
-                    yield from behavior(request_or_iterator, context)
-                    error = False
-                finally:
-                    finish(error)
-
-            return wrapped
-
-        return rewrap_handler(handler, wrap_unary, wrap_stream)
-
-    def _record(
+    def record(
         self,
         method: str,
         context: grpc.ServicerContext,
@@ -221,11 +195,23 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
         request_id: str,
         error: bool,
     ) -> None:
+        """Log and count one finished call that began at ``started`` (``perf_counter``);
+        ``error``: its behaviour raised (or, for a stream, did not run to its end)."""
         duration = time.perf_counter() - started
         code = _final_code(context, error)
         if self._metrics is not None:
-            self._metrics.rpcs_total.labels(method=method, code=code).inc()
-            self._metrics.rpc_latency_seconds.labels(method=method).observe(duration)
+            count = self._counts.get((method, code))
+            if count is None:
+                count = self._counts[(method, code)] = self._metrics.rpcs_total.labels(
+                    method=method, code=code)
+            latency = self._latencies.get(method)
+            if latency is None:
+                latency = self._latencies[method] = self._metrics.rpc_latency_seconds.labels(
+                    method=method)
+            count.inc()
+            latency.observe(duration)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         fields: dict[str, Any] = {
             "method": method,
             "code": code,
@@ -240,7 +226,10 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
             details = context.details()
             fields["details"] = details.decode("utf-8", "replace") if isinstance(
                 details, bytes) else details
-        access_log.info("rpc", extra={"fields": fields})
+        # Logger.info would look up the caller's frame for a source line no formatter prints.
+        access_log.handle(access_log.makeRecord(
+            access_log.name, logging.INFO, __file__, 0, "rpc", None, None, "record",
+            {"fields": fields}))
 
 
 def _final_code(context: grpc.ServicerContext, error: bool) -> str:
@@ -252,30 +241,3 @@ def _final_code(context: grpc.ServicerContext, error: bool) -> str:
         # The generator was closed because the client cancelled or its deadline passed.
         return "CANCELLED"
     return "UNKNOWN" if error else "OK"
-
-
-def rewrap_handler(handler: grpc.RpcMethodHandler, wrap_unary, wrap_stream) -> grpc.RpcMethodHandler:
-    """A copy of ``handler`` whose behaviour is wrapped according to its response arity."""
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            wrap_unary(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            wrap_unary(handler.stream_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            wrap_stream(handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        wrap_stream(handler.stream_stream),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )

@@ -77,6 +77,7 @@ class LocalStore(CheckpointStore):
         """Open the store at ``root``, creating it if needed, and clean up after crashed writers."""
         self.root = Path(os.fspath(root)).expanduser().absolute()
         self._models = self.root / "models"
+        self._models_str = str(self._models)
         self._scratch = self._models / ".tmp"
         self._locks = self._models / ".locks"
         try:
@@ -127,8 +128,11 @@ class LocalStore(CheckpointStore):
         set) and ``version``'s folder (a tombstone written). A few ``stat`` calls, against a
         listing and a manifest read for a resolution. None when a folder is missing or changed
         too recently to be told apart from the next change (see FINGERPRINT_MARGIN_NS)."""
-        folders = (self._model_dir(model), self._versions_dir(model), self._labels_dir(model),
-                   self._version_dir(model, version))
+        # Plain strings, not Paths: this runs on every Predict and pathlib's joins cost more
+        # than the stats themselves. The same folders as _model_dir, _versions_dir, ...
+        folder = os.path.join(self._models_str, model)
+        folders = (folder, os.path.join(folder, "versions"), os.path.join(folder, "labels"),
+                   os.path.join(folder, "versions", f"{version:08d}"))
         marks: list[tuple[int, int] | None] = []
         for i, folder in enumerate(folders):
             try:

@@ -19,11 +19,13 @@ and the same event as JSON::
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import json
 import logging
 import math
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -34,6 +36,7 @@ from charlstm.service.metrics import Metrics
 
 __all__ = [
     "configure_logging",
+    "BackgroundStreamHandler",
     "log_event",
     "current_request_id",
     "AccessLog",
@@ -133,19 +136,87 @@ class JsonFormatter(logging.Formatter):
         return _json.encode(out)
 
 
+class BackgroundStreamHandler(logging.Handler):
+    """Writes records to a stream from a background thread, many lines per write.
+
+    A busy server logs a line per RPC. Written where it is logged, each line costs the
+    request thread its formatting, a ``write`` under the handler lock and a wake-up of whoever
+    reads the pipe. Here ``emit`` only queues the record; the writer thread wakes on the
+    first record of a batch, waits ``linger`` seconds for more, then formats them all and
+    writes them at once. Lines keep their order and content. :meth:`flush` (which
+    ``logging.shutdown`` calls at exit) and :meth:`close` write whatever is queued at once.
+    """
+
+    def __init__(self, stream: Any, linger: float = 0.01):
+        super().__init__()
+        self.stream = stream
+        self._linger = linger
+        self._pending: collections.deque[logging.LogRecord] = collections.deque()
+        self._wake = threading.Event()
+        self._write_lock = threading.Lock()  # one batch at a time, in order
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="charlstm-log-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._pending.append(record)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def flush(self) -> None:
+        self._write_pending()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._write_pending()
+        super().close()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            time.sleep(self._linger)
+            # Cleared before taking the batch: a record queued from here on sets it again.
+            self._wake.clear()
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        with self._write_lock:
+            lines = []
+            while self._pending:
+                record = self._pending.popleft()
+                try:
+                    lines.append(self.format(record))
+                except Exception:  # noqa: BLE001 - logging's own policy for a bad record
+                    self.handleError(record)
+            if not lines:
+                return
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except Exception:  # noqa: BLE001 - e.g. the reader of the pipe went away
+                self.handleError(record)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) -> None:
     """Send the ``charlstm`` loggers (and grpc's) to ``stream`` (stderr) in ``fmt``
-    (``text`` or ``json``) at ``level``. Calling it again replaces the previous set-up."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    (``text`` or ``json``) at ``level``, written from a background thread
+    (:class:`BackgroundStreamHandler`). Calling it again replaces the previous set-up."""
+    handler = BackgroundStreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    replaced = set()
     for name in ("charlstm", "grpc"):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
             if getattr(old, "_charlstm", False):
                 logger.removeHandler(old)
+                replaced.add(old)
         handler._charlstm = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
+    for old in replaced:
+        old.close()  # writes what it still holds, and ends its thread
     logging.getLogger("charlstm").setLevel(level.upper())
     # grpc's own logger is chatty at INFO; its warnings are worth keeping.
     logging.getLogger("grpc").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

@@ -47,7 +47,8 @@ class AdmissionControl:
         """Count a call out."""
         with self._lock:
             self._in_flight -= 1
-            self._lock.notify_all()
+            if self._draining:  # only wait_idle waits, and only once draining
+                self._lock.notify_all()
 
     def enter_stream(self, context: grpc.ServicerContext) -> Callable[[], None]:
         """:meth:`enter` for a streamed response; returns the function that counts it out,
@@ -68,7 +69,8 @@ class AdmissionControl:
             self._draining = True
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no call is in flight, at most ``timeout`` seconds; True if none is."""
+        """Wait until no call is in flight, at most ``timeout`` seconds; True if none is.
+        Call it after :meth:`start_draining` (calls leaving wake it only from then on)."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
             while self._in_flight > 0:

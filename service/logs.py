@@ -24,10 +24,10 @@ import contextvars
 import json
 import logging
 import math
+import random
 import sys
 import threading
 import time
-import uuid
 from typing import Any
 
 import grpc
@@ -233,7 +233,9 @@ def _request_id_from(metadata: Any) -> str:
             clean = "".join(ch for ch in value[:_MAX_REQUEST_ID_LEN] if ch.isprintable())
             if clean:
                 return clean
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex; os.urandom, which uuid4 reads, was
+    # a 9 us system call here, and a request id needs no cryptographic randomness.
+    return f"{random.getrandbits(128):032x}"
 
 
 def begin_request(metadata: Any) -> str:
@@ -257,6 +259,7 @@ class AccessLog:
         # takes a lock on every call; the (method, code) pairs in use are few.
         self._counts: dict[tuple[str, str], Any] = {}
         self._latencies: dict[str, Any] = {}
+        self._records = _RecordTemplate(access_log, "rpc")
 
     def record(
         self,
@@ -297,10 +300,37 @@ class AccessLog:
             details = context.details()
             fields["details"] = details.decode("utf-8", "replace") if isinstance(
                 details, bytes) else details
-        # Logger.info would look up the caller's frame for a source line no formatter prints.
-        access_log.handle(access_log.makeRecord(
-            access_log.name, logging.INFO, __file__, 0, "rpc", None, None, "record",
-            {"fields": fields}))
+        access_log.handle(self._records.make(fields))
+
+
+class _RecordTemplate:
+    """Makes the ``LogRecord`` of one event of one logger, for events logged on every RPC.
+
+    ``Logger.info`` looks up the caller's frame, and ``LogRecord.__init__`` asks for the
+    process, its name, the thread and splits the source path on every record: about 15 us
+    a call measured, for values that are the same each time. Here one real record is the
+    template (so every attribute this Python's LogRecord has is present), and a new record
+    copies it and sets what differs: the time, the thread and the fields.
+    """
+
+    def __init__(self, logger: logging.Logger, event: str):
+        self._template = logger.makeRecord(logger.name, logging.INFO, __file__, 0, event, None,
+                                           None, "record").__dict__.copy()
+        self._created = self._template["created"]
+        self._relative = self._template["relativeCreated"]
+
+    def make(self, fields: dict[str, Any]) -> logging.LogRecord:
+        record = logging.LogRecord.__new__(logging.LogRecord)
+        attributes = record.__dict__
+        attributes.update(self._template)
+        now = time.time()
+        attributes["created"] = now
+        attributes["msecs"] = int((now - int(now)) * 1000) + 0.0  # as LogRecord computes it
+        attributes["relativeCreated"] = self._relative + (now - self._created) * 1000
+        current = threading.current_thread()
+        attributes["thread"], attributes["threadName"] = current.ident, current.name
+        attributes["fields"] = fields
+        return record
 
 
 def _final_code(context: grpc.ServicerContext, error: bool) -> str:

@@ -25,9 +25,11 @@ import json
 import logging
 import math
 import random
+import re
 import sys
 import threading
 import time
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import grpc
@@ -95,12 +97,37 @@ def _timestamp(record: logging.LogRecord) -> str:
 _json = json.JSONEncoder(default=str)
 
 
+# Characters a reader or a log parser would split a text value on (\s is str.isspace()).
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
 def _format_value(value: Any) -> str:
     text = value if isinstance(value, str) else _json.encode(value)
     # Quote values a reader or a log parser would otherwise split.
-    if text == "" or any(ch.isspace() or ch in '"=' for ch in text):
+    if text == "" or _NEEDS_QUOTES.search(text):
         return json.dumps(text)
     return text
+
+
+# Keys a JSON line sets itself; a field of the same name is left out.
+_JSON_OWN_KEYS = frozenset(("time", "level", "logger", "event"))
+
+
+def _json_value(value: Any) -> str:
+    """``value`` as json.dumps(value, default=str) writes it, the common types directly."""
+    if isinstance(value, str):
+        return encode_basestring_ascii(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return float.__repr__(value)
+    return _json.encode(value)  # NaN, containers, anything else
 
 
 class TextFormatter(logging.Formatter):
@@ -119,12 +146,27 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message/event, fields, exception."""
 
     def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None)
+        if fields is not None and not record.exc_info:
+            # An event (one per RPC for the access log): written piece by piece, the same
+            # text as the dict below through json.dumps, without building the dict.
+            parts = [f'{{"time": "{_timestamp(record)}", "level": '
+                     f'{encode_basestring_ascii(record.levelname)}, "logger": '
+                     f'{encode_basestring_ascii(record.name)}, "event": '
+                     f'{encode_basestring_ascii(record.getMessage())}']
+            for key, value in fields.items():
+                if not isinstance(key, str):
+                    break  # json.dumps's key conversions: the general way below
+                if key not in _JSON_OWN_KEYS:
+                    parts.append(f", {encode_basestring_ascii(key)}: {_json_value(value)}")
+            else:
+                parts.append("}")
+                return "".join(parts)
         out: dict[str, Any] = {
             "time": _timestamp(record),
             "level": record.levelname,
             "logger": record.name,
         }
-        fields = getattr(record, "fields", None)
         if fields is not None:
             out["event"] = record.getMessage()
             for key, value in fields.items():

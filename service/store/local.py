@@ -128,11 +128,12 @@ class LocalStore(CheckpointStore):
         set) and ``version``'s folder (a tombstone written). A few ``stat`` calls, against a
         listing and a manifest read for a resolution. None when a folder is missing or changed
         too recently to be told apart from the next change (see FINGERPRINT_MARGIN_NS)."""
-        # Plain strings, not Paths: this runs on every Predict and pathlib's joins cost more
-        # than the stats themselves. The same folders as _model_dir, _versions_dir, ...
-        folder = os.path.join(self._models_str, model)
-        folders = (folder, os.path.join(folder, "versions"), os.path.join(folder, "labels"),
-                   os.path.join(folder, "versions", f"{version:08d}"))
+        # Plain strings, not Paths (this runs for Predict calls, and pathlib's joins showed in
+        # their profile): the same folders as _model_dir, _versions_dir, _labels_dir and
+        # _version_dir.
+        base = os.path.join(self._models_str, model)
+        folders = (base, os.path.join(base, "versions"), os.path.join(base, "labels"),
+                   os.path.join(base, "versions", f"{version:08d}"))
         marks: list[tuple[int, int] | None] = []
         for i, folder in enumerate(folders):
             try:

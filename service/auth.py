@@ -7,6 +7,8 @@ time however much of the token matches (``hmac.compare_digest``).
 Exempt: ``grpc.health.v1.Health`` only, so that load balancers and orchestrators can probe the
 server without the secret. Server reflection is *not* exempt: it reveals the whole API, which
 is no business of an unauthenticated caller (``grpcurl -H 'authorization: Bearer ...'`` works).
+
+The check runs inside every call's wrapper (``call_pipeline.py``), first after the access log.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import hmac
 
 import grpc
 
-from charlstm.service.errors import Unauthenticated, abort_handler
+from charlstm.service.errors import Unauthenticated, to_status
+from charlstm.service.logs import current_request_id
 
-__all__ = ["TokenAuthInterceptor", "EXEMPT_PREFIXES"]
+__all__ = ["TokenCheck", "EXEMPT_PREFIXES"]
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 _SCHEME = "bearer "
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
+class TokenCheck:
     """Refuses calls without the configured bearer token (UNAUTHENTICATED)."""
 
     def __init__(self, token: str, exempt_prefixes: tuple[str, ...] = EXEMPT_PREFIXES):
@@ -32,18 +35,18 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         self._expected = token.encode("utf-8")
         self._exempt = exempt_prefixes
 
-    def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method.startswith(self._exempt):
-            return continuation(handler_call_details)
-        problem = self._problem(handler_call_details.invocation_metadata)
-        if problem is None:
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None  # unknown method: UNIMPLEMENTED says nothing secret
-        return abort_handler(handler, Unauthenticated(problem))
+    def applies_to(self, method: str) -> bool:
+        """False for the exempt methods (health checks)."""
+        return not method.startswith(self._exempt)
 
-    def _problem(self, metadata) -> str | None:
+    def check(self, context: grpc.ServicerContext) -> None:
+        """Abort the call with UNAUTHENTICATED unless its metadata holds the token."""
+        problem = self.problem(context.invocation_metadata())
+        if problem is not None:
+            context.abort_with_status(
+                to_status(Unauthenticated(problem), request_id=current_request_id()))
+
+    def problem(self, metadata) -> str | None:
         """Why the call's credentials are refused, or None when they are good."""
         values = [v for k, v in (metadata or ()) if k == "authorization"]
         if not values:

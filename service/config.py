@@ -67,6 +67,7 @@ class ServerConfig:
     max_batch_size: int = 256
     batch_max_wait_ms: float = 2.0
     refresh_seconds: float = 2.0
+    local_refresh_ms: float = 20.0
     max_connection_age: float = 0.0  # 0: connections live for ever
     max_connection_age_grace: float = 30.0
     shared_store: bool = False
@@ -105,6 +106,7 @@ class ServerConfig:
             raise ValueError(f"idle_timeout must be > 0 seconds (got {self.idle_timeout})")
         at_least("grace_period", 0)
         at_least("refresh_seconds", 0)
+        at_least("local_refresh_ms", 0)
         at_least("max_connection_age", 0)
         at_least("max_connection_age_grace", 0)
         if not self.lease_seconds >= 1:
@@ -226,6 +228,10 @@ _HELP: dict[str, str] = {
     "batch_max_wait_ms": "milliseconds a batched step may wait for requests about to arrive",
     "refresh_seconds": "seconds a resolved 'latest' or label is reused before the store is read "
     "again: a version written by another replica serves here within this time (0: every request)",
+    "local_refresh_ms": "on a store only this server uses: milliseconds a resolved 'latest' or "
+    "label is reused before the store's folders are looked at again; a version saved there by "
+    "another tool serves within this time, one saved through this server at once (0: every "
+    "request)",
     "max_connection_age": "seconds after which a client connection is asked to reconnect "
     "(GOAWAY), so that load balancing reaches new replicas (0: never)",
     "max_connection_age_grace": "seconds calls in flight (Stream sessions) keep a connection "

@@ -82,6 +82,9 @@ def sampling_options(msg: pb.SamplingOptions, field: str = "sampling") -> Sampli
 
     ``top_k`` at or above the vocabulary size keeps every character (no upper bound).
     """
+    if msg.ByteSize() == 0:
+        # Nothing set (the usual Predict): the engine's defaults, which need no checking.
+        return SamplingOptions()
     temperature = msg.temperature if msg.HasField("temperature") else 1.0
     if not (math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
         raise InvalidArgument(

@@ -39,7 +39,6 @@ __all__ = [
     "translate",
     "to_status",
     "rpc_errors",
-    "abort_handler",
 ]
 
 log = logging.getLogger("charlstm.service.errors")
@@ -224,7 +223,7 @@ def _already_aborted(context: grpc.ServicerContext) -> bool:
 
 def _abort(exc: BaseException, context: grpc.ServicerContext, method_name: str) -> None:
     """Abort the RPC with the status for ``exc`` (raises, as context.abort does)."""
-    # The request id comes from the access-log interceptor (logs.py); imported late to keep
+    # The request id comes from the call pipeline (logs.py); imported late to keep
     # this module free of import cycles.
     from charlstm.service.logs import current_request_id
 
@@ -278,29 +277,3 @@ def rpc_errors(method: F) -> F:
             _abort(exc, context, name)
 
     return unary_wrapper  # type: ignore[return-value]
-
-
-def abort_handler(handler: grpc.RpcMethodHandler, error: ServiceError) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` that fails every call with ``error``; for
-    interceptors that refuse a call before it reaches the servicer (auth, draining)."""
-
-    def refuse(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-        from charlstm.service.logs import current_request_id
-
-        context.abort_with_status(to_status(error, request_id=current_request_id()))
-
-    def refuse_stream(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        refuse(request_or_iterator, context)
-        yield  # pragma: no cover - makes this a generator; refuse() always raises
-
-    kinds = {
-        "unary_unary": (grpc.unary_unary_rpc_method_handler, refuse),
-        "stream_unary": (grpc.stream_unary_rpc_method_handler, refuse),
-        "unary_stream": (grpc.unary_stream_rpc_method_handler, refuse_stream),
-        "stream_stream": (grpc.stream_stream_rpc_method_handler, refuse_stream),
-    }
-    for kind, (make, behaviour) in kinds.items():
-        if getattr(handler, kind):
-            return make(behaviour, request_deserializer=handler.request_deserializer,
-                        response_serializer=handler.response_serializer)
-    raise ValueError("handler has no behaviour")

@@ -195,13 +195,13 @@ def predict(
     when it fires the predictions hold what was generated so far. ``cache``: see
     :func:`prime`.
     """
+    if length <= 0:
+        return _next_chars(loaded, inputs, next_top_k, stepper, cache)
     probs, state = prime(loaded, inputs, stepper, cache)  # (B, V)
     results = [Prediction(input=text) for text in inputs]
     if next_top_k > 0:
         for i, r in enumerate(results):
             r.next = top_chars(probs[i], loaded.vocab, next_top_k)
-    if length <= 0:
-        return results
 
     samplers = [Sampler(options) for _ in inputs]
     drawn: list[np.ndarray] = []  # one (B,) array of ids per position
@@ -220,4 +220,26 @@ def predict(
         for i, r in enumerate(results):
             r.continuation = loaded.vocab.decode(ids_tb[:, i])
             r.probabilities = p_tb[:, i].tolist()
+    return results
+
+
+def _next_chars(loaded: LoadedModel, inputs: list[str], k: int, stepper: Stepper,
+                cache: PromptCache | None) -> list[Prediction]:
+    """:func:`predict` without a continuation: the top ``k`` next characters of each input.
+
+    No state is needed, only the distributions; a cached input's top characters are kept
+    with its cache entry, so a repeated prompt costs a lookup.
+    """
+    results = [Prediction(input=text) for text in inputs]
+    if k <= 0:
+        return results
+    model, vocab = loaded.model, loaded.vocab
+    tops = [None if cache is None else cache.top_chars(model, vocab, text, k) for text in inputs]
+    missing = [i for i, top in enumerate(tops) if top is None]
+    if missing:
+        probs, _ = prime(loaded, [inputs[i] for i in missing], stepper, cache)  # (b, V)
+        for row, i in enumerate(missing):
+            tops[i] = top_chars(probs[row], vocab, k)
+    for r, top in zip(results, tops):
+        r.next = top  # type: ignore[assignment]
     return results

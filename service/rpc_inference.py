@@ -68,7 +68,8 @@ class InferenceRpcs:
             stepper=self.stepper, should_stop=lambda: not context.is_active(),
             cache=self.prompts,
         )
-        self.metrics.generated_chars_total.inc(sum(len(r.continuation) for r in results))
+        if length:
+            self.metrics.generated_chars_total.inc(sum(len(r.continuation) for r in results))
         return pb.PredictResponse(
             model=loaded.name,
             version=loaded.version,

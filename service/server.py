@@ -6,9 +6,10 @@
 
 What :func:`create_server` assembles, in order:
 
-1. interceptors, outermost first: the access log and RPC metrics (``logs.py``), the bearer
-   token check (``auth.py``, when a token is configured), admission control (below), request
-   parsing (``decoding.py``: a malformed message is INVALID_ARGUMENT, not INTERNAL);
+1. the call pipeline (``call_pipeline.py``), wrapped once around every method: the access
+   log and RPC metrics (``logs.py``), the bearer token check (``auth.py``, when a token is
+   configured), admission control (``admission.py``), request parsing (``decoding.py``: a
+   malformed message is INVALID_ARGUMENT, not INTERNAL);
 2. the ``charlstm.v1.CharLstm`` servicer, ``grpc.health.v1.Health`` and server reflection;
 3. the listening port (TLS when a certificate and key are given) with the message-size limits;
 4. the training-job scheduler, then the server, then health SERVING and the metrics endpoint.
@@ -37,23 +38,17 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from charlstm.service.auth import TokenAuthInterceptor
+from charlstm.service.admission import AdmissionControl
+from charlstm.service.auth import TokenCheck
+from charlstm.service.call_pipeline import CallPipeline, ServiceCollector
 from charlstm.service.config import ServerConfig, add_serve_arguments
-from charlstm.service.decoding import RequestDecodingInterceptor
-from charlstm.service.errors import Unavailable, abort_handler, to_status
-from charlstm.service.logs import (
-    AccessLogInterceptor,
-    configure_logging,
-    current_request_id,
-    log_event,
-    rewrap_handler,
-)
+from charlstm.service.logs import AccessLog, configure_logging, log_event
 from charlstm.service.metrics import Metrics
 from charlstm.service.servicer import CharLstmServicer
 from charlstm.v1 import charlstm_pb2, charlstm_pb2_grpc
@@ -63,93 +58,6 @@ __all__ = ["RunningServer", "create_server", "serve", "main", "SERVICE_NAME"]
 log = logging.getLogger("charlstm.server")
 
 SERVICE_NAME = charlstm_pb2.DESCRIPTOR.services_by_name["CharLstm"].full_name
-_HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
-_DRAINING = "the server is shutting down and accepts no new calls; retry on another server"
-
-
-class AdmissionControl(grpc.ServerInterceptor):
-    """Counts the calls in flight and, once draining, refuses new ones with UNAVAILABLE.
-
-    Health checks are neither counted nor refused: they must keep answering NOT_SERVING during
-    the drain, and a Watch on them would otherwise hold the drain open.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._in_flight = 0
-        self._draining = False
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return self._in_flight
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_HEALTH_PREFIX):
-            return handler
-        with self._lock:
-            if self._draining:
-                return abort_handler(handler, Unavailable(_DRAINING))
-        return rewrap_handler(handler, self._wrap_unary, self._wrap_stream)
-
-    def _enter(self, context: grpc.ServicerContext) -> Callable[[], None]:
-        """Count the call in; returns the function that counts it out (idempotent)."""
-        with self._lock:
-            # Admitted before the drain began but only now scheduled: still refuse.
-            if self._draining:
-                context.abort_with_status(
-                    to_status(Unavailable(_DRAINING), request_id=current_request_id()))
-            self._in_flight += 1
-        left = threading.Event()
-
-        def leave() -> None:
-            with self._lock:
-                if left.is_set():
-                    return
-                left.set()
-                self._in_flight -= 1
-                self._lock.notify_all()
-
-        # A cancelled stream's generator is closed whenever it is collected; the termination
-        # callback counts the call out promptly either way.
-        context.add_callback(leave)
-        return leave
-
-    def _wrap_unary(self, behavior: Callable) -> Callable:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            leave = self._enter(context)
-            try:
-                return behavior(request, context)
-            finally:
-                leave()
-
-        return wrapped
-
-    def _wrap_stream(self, behavior: Callable) -> Callable:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            leave = self._enter(context)
-            try:
-                yield from behavior(request, context)
-            finally:
-                leave()
-
-        return wrapped
-
-    def start_draining(self) -> None:
-        with self._lock:
-            self._draining = True
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no call is in flight, at most ``timeout`` seconds; True if none is."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        with self._lock:
-            while self._in_flight > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._lock.wait(remaining)
-            return True
 
 
 class RunningServer:
@@ -278,15 +186,11 @@ def create_server(config: ServerConfig, *, metrics: Metrics | None = None) -> Ru
     metrics = metrics if metrics is not None else Metrics()
     servicer = CharLstmServicer(config, metrics=metrics)
     admission = AdmissionControl()
-    interceptors: list[grpc.ServerInterceptor] = [AccessLogInterceptor(metrics)]
-    if config.token:
-        interceptors.append(TokenAuthInterceptor(config.token))
-    interceptors.append(admission)
-    interceptors.append(RequestDecodingInterceptor())
+    pipeline = CallPipeline(AccessLog(metrics), admission,
+                            TokenCheck(config.token) if config.token else None)
 
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.thread_pool_size, thread_name_prefix="charlstm-rpc"),
-        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -295,18 +199,20 @@ def create_server(config: ServerConfig, *, metrics: Metrics | None = None) -> Ru
             *_connection_age_options(config),
         ],
     )
-    charlstm_pb2_grpc.add_CharLstmServicer_to_server(servicer, server)
+    services = ServiceCollector()  # registered through the pipeline's wrappers below
+    charlstm_pb2_grpc.add_CharLstmServicer_to_server(servicer, services)
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
         experimental_thread_pool=ThreadPoolExecutor(max_workers=1,
                                                     thread_name_prefix="charlstm-health"),
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     for name in (health.OVERALL_HEALTH, SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), services
     )
+    pipeline.install(server, services)
 
     credentials = _credentials(config)
     try:

@@ -72,7 +72,8 @@ class CharLstmServicer(TrainingRpcs, InferenceRpcs, ModelRpcs, charlstm_pb2_grpc
             )
         self.stepper = stepper
         self.models = ModelCache(self.store, capacity=config.model_cache_size,
-                                 metrics=self.metrics, refresh_seconds=config.effective_refresh_seconds)
+                                 metrics=self.metrics, refresh_seconds=config.effective_refresh_seconds,
+                                 recheck_seconds=config.local_refresh_ms / 1000.0)
         self.prompts = PromptCache(config.prompt_cache_size)
         # A checkpoint written by this server's own jobs serves at once, without a refresh.
         self.jobs.on_checkpoint = self.models.forget

@@ -77,6 +77,7 @@ class LocalStore(CheckpointStore):
         """Open the store at ``root``, creating it if needed, and clean up after crashed writers."""
         self.root = Path(os.fspath(root)).expanduser().absolute()
         self._models = self.root / "models"
+        self._models_str = str(self._models)
         self._scratch = self._models / ".tmp"
         self._locks = self._models / ".locks"
         try:
@@ -127,8 +128,12 @@ class LocalStore(CheckpointStore):
         set) and ``version``'s folder (a tombstone written). A few ``stat`` calls, against a
         listing and a manifest read for a resolution. None when a folder is missing or changed
         too recently to be told apart from the next change (see FINGERPRINT_MARGIN_NS)."""
-        folders = (self._model_dir(model), self._versions_dir(model), self._labels_dir(model),
-                   self._version_dir(model, version))
+        # Plain strings, not Paths (this runs for Predict calls, and pathlib's joins showed in
+        # their profile): the same folders as _model_dir, _versions_dir, _labels_dir and
+        # _version_dir.
+        base = os.path.join(self._models_str, model)
+        folders = (base, os.path.join(base, "versions"), os.path.join(base, "labels"),
+                   os.path.join(base, "versions", f"{version:08d}"))
         marks: list[tuple[int, int] | None] = []
         for i, folder in enumerate(folders):
             try:

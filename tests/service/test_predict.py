@@ -8,6 +8,7 @@ import pytest
 from serving_helpers import ref, train_tiny
 
 from charlstm.engine import CharLSTM, ModelConfig, SamplingOptions, Vocab, generate, top_chars
+from charlstm.service import converters
 from charlstm.service.store import LocalStore
 from charlstm.v1 import charlstm_pb2 as pb
 
@@ -98,3 +99,9 @@ def test_a_new_version_is_served_without_a_restart(stub, store_dir):
     model, _, meta = train_tiny(steps=5, seed=7)
     assert LocalStore(store_dir).save("tiny", model.state_dict(), meta) == 3
     assert stub.Predict(pb.PredictRequest(model=ref(), inputs=["t"])).version == 3
+
+
+def test_unset_sampling_options_are_the_checked_defaults():
+    # An empty message takes a shortcut; setting a field to its default takes the checks.
+    assert converters.sampling_options(pb.SamplingOptions()) == converters.sampling_options(
+        pb.SamplingOptions(temperature=1.0, top_p=1.0))

@@ -61,3 +61,18 @@ def test_bounded_and_keyed_by_model():
     off = PromptCache(entries=0)
     prime(a, ["ab"], Stepper(), off)
     assert len(off) == 0 and off.get(a.model, "ab") is None
+
+
+def test_next_characters_only_come_from_the_cache_once_seen():
+    loaded, cache = _loaded(5), PromptCache()
+    inputs = ["the ", "", "lazy dog"]
+    plain = predict(loaded, inputs, next_top_k=4, length=0, options=SamplingOptions(),
+                    stepper=Stepper())
+    for round_ in range(3):  # a miss, then hits answered from the entries' kept top characters
+        cached = predict(loaded, inputs, next_top_k=4, length=0, options=SamplingOptions(),
+                         stepper=Stepper(), cache=cache)
+        assert [r.next for r in cached] == [r.next for r in plain]
+        assert (cache.hits, cache.misses) == (3 * round_, 3)
+    fewer = predict(loaded, ["the "], next_top_k=2, length=0, options=SamplingOptions(),
+                    stepper=Stepper(), cache=cache)
+    assert fewer[0].next == plain[0].next[:2]

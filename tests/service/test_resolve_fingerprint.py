@@ -66,3 +66,26 @@ def test_a_recent_change_is_not_trusted(tmp_path):
     before = store.resolves
     cache.get("m")
     assert store.resolves == before + 1
+
+
+def test_recheck_period_bounds_how_long_an_outside_change_goes_unseen(tmp_path):
+    store = CountingStore(tmp_path)
+    store.FINGERPRINT_MARGIN_NS = 0
+    cache = ModelCache(store, refresh_seconds=0, recheck_seconds=0.3)
+    v1 = _save(store, 1)
+    assert cache.get("m").version == v1
+    looked = time.monotonic()
+    v2 = _save(store, 2)  # beside the cache: unseen until the period since the last look ends
+    while cache.get("m").version == v1:
+        assert time.monotonic() - looked < 5, "the new version was never seen"
+        time.sleep(0.01)
+    assert time.monotonic() - looked >= 0.3
+    assert cache.get("m").version == v2
+    looks = store.resolves
+    for _ in range(20):
+        cache.get("m")
+    assert store.resolves == looks  # within the period: the store is not read
+
+    v3 = _save(store, 3)
+    cache.forget("m")  # what the server does after a change made through it
+    assert cache.get("m").version == v3

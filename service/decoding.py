@@ -7,9 +7,8 @@ wrapper (``call_pipeline.py``) takes the deserializer off each handler and parse
 :func:`request_parser` inside the call instead, ending it with INVALID_ARGUMENT when parsing
 fails.
 
-A streamed request that fails to parse ends the call the same way, even when the handler reads
-its requests on another thread (Stream's inbox): the status is set on the call before the
-request iterator raises, and grpc sends it when the handler returns.
+A streamed request that fails to parse ends the call the same way: the status is set on the
+call before the request iterator raises, and grpc sends it when the handler returns.
 """
 
 from __future__ import annotations

@@ -18,8 +18,10 @@ Graceful shutdown (:meth:`RunningServer.stop`, called on SIGTERM/SIGINT by :func
 
 1. health turns NOT_SERVING (health checks keep being answered), and admission control refuses
    every new call but health checks with UNAVAILABLE;
-2. Stream sessions stop taking requests: one waiting for its next request ends at once with
-   UNAVAILABLE, one generating finishes its generation first;
+2. Stream sessions stop taking requests: one waiting for its next request ends with
+   UNAVAILABLE after a short settle (``sessions.DRAIN_SETTLE``, so that a request already on
+   its way is not lost to the race), at once when the grace period is over; one generating
+   finishes its generation first;
 3. running training jobs are asked to checkpoint and stop (``JobManager.shutdown``), in
    parallel with
 4. waiting for the calls in flight to finish; shortly before the grace period ends, Stream

@@ -27,11 +27,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import lstm
-from .blas import single_threaded
+from .blas import blas_threads, single_threaded
 from .config import ConfigError, ModelConfig, TrainConfig, check_int
 from .distributed import Communicator, LocalCommunicator
 from .evaluate import mean_loss
-from .model import CharLSTM, default_workers, torch_tensors
+from .model import CharLSTM, available_cores, default_parallelism, torch_tensors
 from .optim import SGD, AdamW, clip_by_global_norm_, learning_rate
 from .state import LSTMState
 from .vocab import Vocab
@@ -77,9 +77,12 @@ class Trainer:
     def __init__(self, model: CharLSTM, vocab: Vocab, text: str, config: TrainConfig, *,
                  workers: int | None = None, comm: Communicator | None = None):
         """Training and validation run with single-threaded BLAS (see :mod:`blas`); ``workers``
-        threads share each step's streams instead (see ``CharLSTM.loss_and_grad``). Default:
-        one per core, at most one per 16 streams. Results depend on ``workers`` only through
-        floating-point rounding; keep it fixed across capture/restore for exact continuation.
+        threads share each step's streams instead (see ``CharLSTM.loss_and_grad``). Default
+        (:func:`model.default_parallelism`): one per core, at most one per 16 streams; or, for a
+        model whose shards would be too small, one worker whose training steps use
+        multithreaded BLAS on all the cores (``blas_threads``). Results depend on ``workers`` and
+        the BLAS thread count only through floating-point rounding; keep them fixed across
+        capture/restore for exact continuation.
 
         ``comm``: the ranks training this model together (default: this process alone, see
         :mod:`distributed`). Each rank passes the same model, text and config; the default
@@ -108,8 +111,12 @@ class Trainer:
         # mean over ranks is the whole batch's mean (1.0 when B divides evenly).
         self._grad_scale = size * local_B / B
         self._loss_buf = np.zeros(1, model.dtype)  # reduced with the gradient, same Allreduce
+        # BLAS threads of a step: 1 (the shards are the parallelism) unless the default found
+        # the shards too small for this model and gave one worker all of this rank's cores.
+        self.blas_threads = 1
         if workers is None:
-            workers = max(1, default_workers(local_B) // max(1, self.comm.local_size))
+            cores = max(1, available_cores() // max(1, self.comm.local_size))
+            workers, self.blas_threads = default_parallelism(local_B, model.config.hidden_size, cores)
         self.workers = check_int("workers", workers, 1, 256)
 
         n_train = int(len(text) * (1.0 - config.val_fraction))
@@ -209,7 +216,7 @@ class Trainer:
             shape = (T, c.batch_size, model.config.hidden_size)
             # The whole batch's masks on every rank (same random stream as one process).
             masks = [lstm.dropout_mask(self._rng, shape, p, model.dtype)[:, self._streams] for _ in range(model.config.num_layers)]
-        with single_threaded():
+        with single_threaded() if self.blas_threads == 1 else blas_threads(self.blas_threads):
             loss, grad, carry = model.loss_and_grad(inputs, targets, self._carry, masks, workers=self.workers)
         loss = self._reduce(loss, grad.flat)
         lr = self.current_learning_rate()

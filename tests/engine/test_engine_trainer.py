@@ -262,3 +262,41 @@ def test_worker_threads_give_the_same_training_up_to_rounding():
         np.testing.assert_allclose(three.model.state_dict()[name], value, rtol=1e-8, atol=1e-10, err_msg=name)
     again = make(steps=8, batch_size=6, workers=3)
     assert [r.train_loss for r in again.run()] == b  # deterministic for a given number of workers
+
+
+@pytest.mark.parametrize("streams, hidden, cores, expected", [
+    (32, 128, 2, (1, 2)),  # shards of 16 x 4·128² too small, the whole batch is not: one worker, all cores
+    (32, 256, 2, (2, 1)),  # shards of 16 x 4·256² are big enough: one shard per core
+    (64, 512, 2, (2, 1)),
+    (64, 128, 2, (2, 1)),  # shards of 32 streams at H=128 are big enough
+    (16, 128, 2, (1, 1)),  # too few streams to shard, and too small to thread
+    (32, 16, 2, (2, 1)),  # too small to thread: sharded as before
+    (32, 128, 1, (1, 1)),
+])
+def test_default_parallelism_shards_unless_the_shards_would_be_too_small(streams, hidden, cores, expected):
+    from charlstm.engine.model import default_parallelism
+    assert default_parallelism(streams, hidden, cores) == expected
+
+
+def test_a_trainer_that_threads_blas_trains_like_a_sharded_one(monkeypatch):
+    from charlstm.engine import trainer as trainer_module
+    from charlstm.engine.blas import get_num_threads
+    monkeypatch.setattr(trainer_module, "available_cores", lambda: 2)
+    text = TEXT * 3
+    vocab = Vocab.from_text(text)
+
+    def build(workers):
+        model = CharLSTM(ModelConfig(vocab_size=vocab.size, embedding_size=8, hidden_size=128, num_layers=1,
+                                     dtype="float64"), seed=3)
+        config = TrainConfig(seq_len=8, batch_size=32, steps=3, eval_every=100, val_fraction=0.05, seed=2)
+        return Trainer(model, vocab, text, config, workers=workers)
+
+    threaded, sharded = build(None), build(2)
+    assert (threaded.workers, threaded.blas_threads) == (1, 2)
+    assert (sharded.workers, sharded.blas_threads) == (2, 1)
+    before = get_num_threads()
+    a = [threaded.train_step() for _ in range(3)]
+    assert get_num_threads() == before  # the step's BLAS thread count is restored afterwards
+    b = [sharded.train_step() for _ in range(3)]
+    np.testing.assert_allclose(a, b, rtol=1e-10)
+    np.testing.assert_allclose(threaded.model.params.flat, sharded.model.params.flat, rtol=1e-8, atol=1e-10)

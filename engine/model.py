@@ -235,8 +235,10 @@ class CharLSTM:
         window = self._windows.get(key)
         if window is None:
             c = self.config
-            for old in [k for k in self._windows if k[2] == shard]:
-                del self._windows[old]  # one shape per shard: training uses a single shape
+            # Training uses one shape per shard, or two when the Trainer alternates between a
+            # sharded and an unsharded step (see parallelism.py): keep the latest two.
+            for old in [k for k in self._windows if k[2] == shard][:-1]:
+                del self._windows[old]
             window = self._windows[key] = lstm.Window(c.vocab_size, c.embedding_size, c.hidden_size, c.num_layers, T, B, self.dtype)
         return window
 
@@ -326,33 +328,6 @@ def default_workers(streams: int, cores: int | None = None) -> int:
     at most one per 16 streams (smaller shards make the matrix products inefficient)."""
     cores = available_cores() if cores is None else max(1, cores)
     return max(1, min(cores, streams // 16))
-
-
-# A shard's recurrent product per timestep, streams x 4H x H multiply-adds, below which the
-# shards' many small NumPy calls (and the GIL hand-overs between their threads) cost more than
-# the parallelism gains, and one worker with the whole batch and multithreaded BLAS is faster
-# (measured on 2 cores: H=128, 2 x 16 streams: 1.2-1.5x faster as one worker with 2 BLAS threads;
-# H=256, 2 x 16 streams: 0.9x, so still sharded).
-_MIN_SHARD_MACS = 2**21
-
-
-def default_parallelism(streams: int, hidden: int, cores: int | None = None) -> tuple[int, int]:
-    """(worker threads, BLAS threads per worker) for training ``streams`` streams of a model
-    with ``hidden`` units on ``cores`` cores (default: this process's).
-
-    Normally :func:`default_workers` shards with single-threaded BLAS, which degrades gracefully
-    when other processes take the cores (each shard runs alone until the step ends). When the
-    shards' per-timestep products would be too small (see ``_MIN_SHARD_MACS``) but the whole
-    batch's is not, one worker takes all the streams and BLAS all the cores instead. That costs
-    robustness: multithreaded BLAS synchronises its threads at every timestep, so it slows down
-    sharply when another process is busy on one of the cores.
-    """
-    cores = available_cores() if cores is None else max(1, cores)
-    workers = default_workers(streams, cores)
-    macs = 4 * hidden * hidden
-    if workers > 1 and (streams // workers) * macs < _MIN_SHARD_MACS <= streams * macs:
-        return 1, cores
-    return workers, 1
 
 
 def shared_pool() -> ThreadPoolExecutor:

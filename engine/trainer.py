@@ -31,8 +31,9 @@ from .blas import blas_threads, single_threaded
 from .config import ConfigError, ModelConfig, TrainConfig, check_int
 from .distributed import Communicator, LocalCommunicator
 from .evaluate import mean_loss
-from .model import CharLSTM, available_cores, default_parallelism, torch_tensors
+from .model import CharLSTM, available_cores, torch_tensors
 from .optim import SGD, AdamW, clip_by_global_norm_, learning_rate
+from .parallelism import LayoutChooser, default_parallelism
 from .state import LSTMState
 from .vocab import Vocab
 
@@ -78,11 +79,12 @@ class Trainer:
                  workers: int | None = None, comm: Communicator | None = None):
         """Training and validation run with single-threaded BLAS (see :mod:`blas`); ``workers``
         threads share each step's streams instead (see ``CharLSTM.loss_and_grad``). Default
-        (:func:`model.default_parallelism`): one per core, at most one per 16 streams; or, for a
-        model whose shards would be too small, one worker whose training steps use
-        multithreaded BLAS on all the cores (``blas_threads``). Results depend on ``workers`` and
-        the BLAS thread count only through floating-point rounding; keep them fixed across
-        capture/restore for exact continuation.
+        (see :mod:`parallelism`): one per core, at most one per 16 streams; and for a model whose
+        shards would be too small, the steps are timed against one worker with multithreaded
+        BLAS on all the cores, and the faster of the two is used (``workers`` and
+        ``blas_threads`` say which the latest step used). Results depend on the layout only
+        through floating-point rounding; pass ``workers`` (single-threaded BLAS) to fix it, as
+        exact continuation across capture/restore needs.
 
         ``comm``: the ranks training this model together (default: this process alone, see
         :mod:`distributed`). Each rank passes the same model, text and config; the default
@@ -111,13 +113,14 @@ class Trainer:
         # mean over ranks is the whole batch's mean (1.0 when B divides evenly).
         self._grad_scale = size * local_B / B
         self._loss_buf = np.zeros(1, model.dtype)  # reduced with the gradient, same Allreduce
-        # BLAS threads of a step: 1 (the shards are the parallelism) unless the default found
-        # the shards too small for this model and gave one worker all of this rank's cores.
-        self.blas_threads = 1
         if workers is None:
             cores = max(1, available_cores() // max(1, self.comm.local_size))
-            workers, self.blas_threads = default_parallelism(local_B, model.config.hidden_size, cores)
-        self.workers = check_int("workers", workers, 1, 256)
+            layouts = default_parallelism(local_B, model.config.hidden_size, cores)
+        else:
+            layouts = [(check_int("workers", workers, 1, 256), 1)]
+        self.layouts = LayoutChooser(layouts)  # which layout each step uses (parallelism.py)
+        # The latest step's layout: worker threads, and BLAS threads per worker.
+        self.workers, self.blas_threads = layouts[0]
 
         n_train = int(len(text) * (1.0 - config.val_fraction))
         S = n_train // B  # characters per stream
@@ -216,8 +219,11 @@ class Trainer:
             shape = (T, c.batch_size, model.config.hidden_size)
             # The whole batch's masks on every rank (same random stream as one process).
             masks = [lstm.dropout_mask(self._rng, shape, p, model.dtype)[:, self._streams] for _ in range(model.config.num_layers)]
+        self.workers, self.blas_threads = self.layouts.next()
+        t0 = time.perf_counter()
         with single_threaded() if self.blas_threads == 1 else blas_threads(self.blas_threads):
             loss, grad, carry = model.loss_and_grad(inputs, targets, self._carry, masks, workers=self.workers)
+        self.layouts.record(time.perf_counter() - t0)
         loss = self._reduce(loss, grad.flat)
         lr = self.current_learning_rate()
         norm = clip_by_global_norm_(grad.flat, c.clip)

@@ -10,6 +10,7 @@ import pytest
 
 from charlstm.engine import (CharLSTM, ConfigError, ModelConfig, TrainConfig, Trainer, TrainerState,
                              Vocab, evaluate_text)
+from charlstm.engine.parallelism import LayoutChooser, default_parallelism
 
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 6
@@ -265,20 +266,45 @@ def test_worker_threads_give_the_same_training_up_to_rounding():
 
 
 @pytest.mark.parametrize("streams, hidden, cores, expected", [
-    (32, 128, 2, (1, 2)),  # shards of 16 x 4·128² too small, the whole batch is not: one worker, all cores
-    (32, 256, 2, (2, 1)),  # shards of 16 x 4·256² are big enough: one shard per core
-    (64, 512, 2, (2, 1)),
-    (64, 128, 2, (2, 1)),  # shards of 32 streams at H=128 are big enough
-    (16, 128, 2, (1, 1)),  # too few streams to shard, and too small to thread
-    (32, 16, 2, (2, 1)),  # too small to thread: sharded as before
-    (32, 128, 1, (1, 1)),
+    (32, 128, 2, [(2, 1), (1, 2)]),  # shards of 16 x 4·128² too small, the whole batch not: try both
+    (32, 256, 2, [(2, 1)]),  # shards of 16 x 4·256² are big enough: one shard per core
+    (64, 512, 2, [(2, 1)]),
+    (64, 128, 2, [(2, 1)]),  # shards of 32 streams at H=128 are big enough
+    (16, 128, 2, [(1, 1)]),  # too few streams to shard, and too small to thread
+    (32, 16, 2, [(2, 1)]),  # too small to thread: sharded as before
+    (32, 128, 1, [(1, 1)]),
 ])
-def test_default_parallelism_shards_unless_the_shards_would_be_too_small(streams, hidden, cores, expected):
-    from charlstm.engine.model import default_parallelism
+def test_default_parallelism_times_threaded_blas_only_where_the_shards_would_be_too_small(streams, hidden, cores, expected):
     assert default_parallelism(streams, hidden, cores) == expected
 
 
-def test_a_trainer_that_threads_blas_trains_like_a_sharded_one(monkeypatch):
+def test_layout_chooser_times_both_then_keeps_the_faster_and_follows_a_change_of_load():
+    chooser = LayoutChooser([(2, 1), (1, 2)], samples=3, warmup=1, probe_every=10)
+    seconds = {(2, 1): 1.0, (1, 2): 0.5}
+    ran = []
+    for _ in range(30):
+        layout = chooser.next()
+        ran.append(layout)
+        chooser.record(seconds[layout])
+    # warm-up of each, then three timed steps of each, round robin
+    assert ran[:8] == [(2, 1), (1, 2)] * 4 and chooser.settling_steps == 8
+    later = ran[8:]
+    assert later.count((2, 1)) == 2 and ran[10] == ran[20] == (2, 1)  # a probe every 10 steps
+    assert all(layout == (1, 2) for i, layout in enumerate(ran[8:], 8) if i % 10)
+    seconds[(1, 2)] = 5.0  # the threaded layout slows down (a busy neighbour)
+    for _ in range(3):
+        chooser.record(seconds[chooser.next()])
+    assert [chooser.next() for _ in range(1)] == [(2, 1)]
+
+
+def test_a_single_layout_is_always_used():
+    chooser = LayoutChooser([(3, 1)])
+    for _ in range(5):
+        assert chooser.next() == (3, 1)
+        chooser.record(1.0)
+
+
+def test_a_trainer_alternating_layouts_trains_like_a_sharded_one(monkeypatch):
     from charlstm.engine import trainer as trainer_module
     from charlstm.engine.blas import get_num_threads
     monkeypatch.setattr(trainer_module, "available_cores", lambda: 2)
@@ -288,15 +314,18 @@ def test_a_trainer_that_threads_blas_trains_like_a_sharded_one(monkeypatch):
     def build(workers):
         model = CharLSTM(ModelConfig(vocab_size=vocab.size, embedding_size=8, hidden_size=128, num_layers=1,
                                      dtype="float64"), seed=3)
-        config = TrainConfig(seq_len=8, batch_size=32, steps=3, eval_every=100, val_fraction=0.05, seed=2)
+        config = TrainConfig(seq_len=8, batch_size=32, steps=6, eval_every=100, val_fraction=0.05, seed=2)
         return Trainer(model, vocab, text, config, workers=workers)
 
-    threaded, sharded = build(None), build(2)
-    assert (threaded.workers, threaded.blas_threads) == (1, 2)
-    assert (sharded.workers, sharded.blas_threads) == (2, 1)
+    chosen, sharded = build(None), build(2)
     before = get_num_threads()
-    a = [threaded.train_step() for _ in range(3)]
-    assert get_num_threads() == before  # the step's BLAS thread count is restored afterwards
-    b = [sharded.train_step() for _ in range(3)]
+    a, layouts = [], set()
+    for _ in range(6):
+        a.append(chosen.train_step())
+        layouts.add((chosen.workers, chosen.blas_threads))
+    assert layouts == {(2, 1), (1, 2)}  # both were timed
+    assert get_num_threads() == before  # each step's BLAS thread count is restored afterwards
+    b = [sharded.train_step() for _ in range(6)]
+    assert {(sharded.workers, sharded.blas_threads)} == {(2, 1)}
     np.testing.assert_allclose(a, b, rtol=1e-10)
-    np.testing.assert_allclose(threaded.model.params.flat, sharded.model.params.flat, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(chosen.model.params.flat, sharded.model.params.flat, rtol=1e-8, atol=1e-10)

@@ -50,19 +50,25 @@ class LayoutChooser:
 
     Each candidate is first timed over ``warmup + samples`` steps, round robin (the first
     ``warmup`` steps of a layout allocate its buffers and are not counted). Then the step uses
-    the layout with the lowest median of its last ``samples`` timings, and every
-    ``probe_every`` steps one step runs the other layout, so that a change of load is noticed.
+    the layout with the lowest median of its last ``samples`` timings, and now and then one step
+    runs the other layout, so that a change of load is noticed: ``probe_every`` steps after the
+    choice last changed, then at doubling intervals up to ``max_probe_every`` while it does not.
     The layouts give the same results up to floating-point rounding, so which one ran is
     visible only there.
     """
 
-    def __init__(self, layouts: list[Layout], *, samples: int = 3, warmup: int = 1, probe_every: int = 50):
+    def __init__(self, layouts: list[Layout], *, samples: int = 3, warmup: int = 1, probe_every: int = 50,
+                 max_probe_every: int = 800):
         if not layouts:
             raise ValueError("at least one layout")
         self.layouts = list(layouts)
         self._warmup = {layout: warmup for layout in self.layouts}
         self._seconds = {layout: deque(maxlen=samples) for layout in self.layouts}
-        self._samples, self._probe_every = samples, probe_every
+        self._samples = samples
+        self._probe_every, self._max_probe_every = probe_every, max_probe_every
+        self._interval = probe_every  # steps from one probe to the next
+        self._next_probe: int | None = None  # the step of the next probe, once timed
+        self._best: Layout | None = None
         self._steps = 0
         self.current = self.layouts[0]
         # Steps before the choice is first made from timings (0 with a single layout).
@@ -75,12 +81,23 @@ class LayoutChooser:
             if untimed:
                 self.current = min(untimed, key=lambda l: (self._warmup[l] == 0, len(self._seconds[l])))
             else:
-                best = min(self.layouts, key=lambda l: statistics.median(self._seconds[l]))
-                if self._steps % self._probe_every == 0:
+                best = self._fastest()
+                if self._next_probe is None or best != self._best:
+                    # The first choice, the one after a probe, or a change of the fastest: a
+                    # probe that left the choice as it was makes the next one later (a probe of
+                    # a layout that is much slower under load costs that much); a change resets.
+                    kept = self._next_probe is None and best == self._best
+                    self._interval = min(2 * self._interval, self._max_probe_every) if kept else self._probe_every
+                    self._best, self._next_probe = best, self._steps + self._interval
+                if self._steps >= self._next_probe:  # time another layout once
                     self.current = self.layouts[(self.layouts.index(best) + 1) % len(self.layouts)]
+                    self._next_probe = None
                 else:
                     self.current = best
         return self.current
+
+    def _fastest(self) -> Layout:
+        return min(self.layouts, key=lambda l: statistics.median(self._seconds[l]))
 
     def record(self, seconds: float) -> None:
         """The wall-clock time of the step that ran :attr:`current`."""

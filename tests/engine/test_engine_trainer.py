@@ -279,22 +279,30 @@ def test_default_parallelism_times_threaded_blas_only_where_the_shards_would_be_
 
 
 def test_layout_chooser_times_both_then_keeps_the_faster_and_follows_a_change_of_load():
-    chooser = LayoutChooser([(2, 1), (1, 2)], samples=3, warmup=1, probe_every=10)
+    chooser = LayoutChooser([(2, 1), (1, 2)], samples=3, warmup=1, probe_every=10, max_probe_every=40)
     seconds = {(2, 1): 1.0, (1, 2): 0.5}
     ran = []
-    for _ in range(30):
-        layout = chooser.next()
-        ran.append(layout)
-        chooser.record(seconds[layout])
+
+    def steps(n):
+        for _ in range(n):
+            layout = chooser.next()
+            ran.append(layout)
+            chooser.record(seconds[layout])
+
+    steps(118)
     # warm-up of each, then three timed steps of each, round robin
     assert ran[:8] == [(2, 1), (1, 2)] * 4 and chooser.settling_steps == 8
-    later = ran[8:]
-    assert later.count((2, 1)) == 2 and ran[10] == ran[20] == (2, 1)  # a probe every 10 steps
-    assert all(layout == (1, 2) for i, layout in enumerate(ran[8:], 8) if i % 10)
+    # then the faster, with a probe of the other 10 steps after the choice, and at doubling
+    # intervals (up to 40) while the probes do not change it
+    probes = [i for i, layout in enumerate(ran) if i >= 8 and layout == (2, 1)]
+    assert probes == [18, 39, 80]
     seconds[(1, 2)] = 5.0  # the threaded layout slows down (a busy neighbour)
-    for _ in range(3):
-        chooser.record(seconds[chooser.next()])
-    assert [chooser.next() for _ in range(1)] == [(2, 1)]
+    before = len(ran)
+    steps(3)
+    assert ran[before:] == [(1, 2), (1, 2), (2, 1)]  # the median of its last three moved
+    steps(20)
+    later = ran[before + 3 :]
+    assert later.count((1, 2)) == 1 and later[9] == (1, 2)  # probed again 10 steps after the change
 
 
 def test_a_single_layout_is_always_used():

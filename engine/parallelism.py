@@ -30,6 +30,10 @@ MIN_SHARD_MACS = 2**21
 
 Layout = tuple[int, int]  # (worker threads, BLAS threads per worker)
 
+# Another layout replaces the running one when its estimated step time is below this fraction
+# of the running one's.
+_SWITCH_MARGIN = 0.9
+
 
 def default_parallelism(streams: int, hidden: int, cores: int | None = None) -> list[Layout]:
     """The layouts worth timing for ``streams`` streams of a model with ``hidden`` units on
@@ -49,10 +53,12 @@ class LayoutChooser:
     """Picks the layout of each training step among ``layouts`` from the steps' timings.
 
     Each candidate is first timed over ``warmup + samples`` steps, round robin (the first
-    ``warmup`` steps of a layout allocate its buffers and are not counted). Then the step uses
-    the layout with the lowest median of its last ``samples`` timings, and now and then one step
-    runs the other layout, so that a change of load is noticed: ``probe_every`` steps after the
-    choice last changed, then at doubling intervals up to ``max_probe_every`` while it does not.
+    ``warmup`` steps of a layout allocate its buffers and are not counted). Then the steps use
+    the layout with the lowest median of its last ``samples`` timings (or its latest, if that
+    was slower), and keep it until another one's is 10% lower than its own.
+    Now and then one step runs the other layout, so that a change of load is noticed:
+    ``probe_every`` steps after the choice last changed, then at doubling intervals up to
+    ``max_probe_every`` while it does not.
     The layouts give the same results up to floating-point rounding, so which one ran is
     visible only there.
     """
@@ -83,12 +89,17 @@ class LayoutChooser:
             else:
                 best = self._fastest()
                 if self._next_probe is None or best != self._best:
-                    # The first choice, the one after a probe, or a change of the fastest: a
+                    # The first choice, the one after a probe, or a change of the fastest. A
                     # probe that left the choice as it was makes the next one later (a probe of
-                    # a layout that is much slower under load costs that much); a change resets.
-                    kept = self._next_probe is None and best == self._best
-                    self._interval = min(2 * self._interval, self._max_probe_every) if kept else self._probe_every
-                    self._best, self._next_probe = best, self._steps + self._interval
+                    # a layout that is much slower under load costs that much), unless it was
+                    # fast: then this step confirms it. A change starts over.
+                    interval = self._probe_every
+                    if self._next_probe is None and best == self._best:
+                        fast = self._seconds[self.current][-1] < _SWITCH_MARGIN * self._seconds[best][-1]
+                        interval = 0 if fast else min(2 * self._interval, self._max_probe_every)
+                    if interval > 0:
+                        self._interval = interval
+                    self._best, self._next_probe = best, self._steps + interval
                 if self._steps >= self._next_probe:  # time another layout once
                     self.current = self.layouts[(self.layouts.index(best) + 1) % len(self.layouts)]
                     self._next_probe = None
@@ -97,7 +108,14 @@ class LayoutChooser:
         return self.current
 
     def _fastest(self) -> Layout:
-        return min(self.layouts, key=lambda l: statistics.median(self._seconds[l]))
+        """The layout to run: another one only if it is clearly faster than the one running
+        now. Each is judged by the median of its recent steps, or its latest step if that was
+        slower (so that a layout which slows down, e.g. threaded BLAS when a neighbour takes a
+        core, is left after one slow step and not taken again before a probe finds it fast)."""
+        current = self._best if self._best is not None else self.current
+        estimate = {l: max(statistics.median(t), t[-1]) for l, t in self._seconds.items()}
+        other = min((l for l in self.layouts if l != current), key=estimate.__getitem__)
+        return other if estimate[other] < _SWITCH_MARGIN * estimate[current] else current
 
     def record(self, seconds: float) -> None:
         """The wall-clock time of the step that ran :attr:`current`."""

@@ -299,10 +299,15 @@ def test_layout_chooser_times_both_then_keeps_the_faster_and_follows_a_change_of
     seconds[(1, 2)] = 5.0  # the threaded layout slows down (a busy neighbour)
     before = len(ran)
     steps(3)
-    assert ran[before:] == [(1, 2), (1, 2), (2, 1)]  # the median of its last three moved
+    assert ran[before:] == [(1, 2), (2, 1), (2, 1)]  # left after one slow step, and not retaken
     steps(20)
-    later = ran[before + 3 :]
-    assert later.count((1, 2)) == 1 and later[9] == (1, 2)  # probed again 10 steps after the change
+    later = ran[before + 1 :]
+    assert later.count((1, 2)) == 1 and later[10] == (1, 2)  # probed again 10 steps after the change
+    seconds[(1, 2)] = 0.5  # the neighbour has gone: the next probe finds it fast, the step after
+    before = len(ran)  # confirms it, and it is used again
+    steps(25)
+    first = ran.index((1, 2), before)
+    assert ran[first : first + 3] == [(1, 2), (1, 2), (1, 2)] and ran[-3:] == [(1, 2)] * 3
 
 
 def test_a_single_layout_is_always_used():

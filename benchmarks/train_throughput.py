@@ -4,8 +4,10 @@
 
 Both train Embedding(V, 64) -> LSTM(H, L) -> Linear(H, V) with Adam (no weight decay), gradient
 clipping at 5 and float32 on tiny Shakespeare, with the state carried between windows, on the
-same thread count (the engine's Trainer: one worker thread per core with single-threaded BLAS;
-PyTorch: ``torch.set_num_threads(cores)``). Steps alternate engine / PyTorch after warm-up, and
+same thread count (the engine's Trainer with its default layout: one worker thread per core with
+single-threaded BLAS or, for a model too small to shard, whichever of that and one worker with
+BLAS on every core its own timing finds faster, after it has settled; PyTorch:
+``torch.set_num_threads(cores)``). Steps alternate engine / PyTorch after warm-up, and
 the ratio is the median over pairs of (engine chars/s) / (PyTorch chars/s). Without PyTorch (the
 optional `interop` extra) only the engine is measured.
 """
@@ -70,11 +72,15 @@ def measure(name: str, text: str, pairs: int, warmup: int, threads: int) -> dict
         ours.train_step()
         if theirs is not None:
             theirs.train_step()
+    for _ in range(ours.layouts.settling_steps):  # the Trainer times its layouts, then settles
+        ours.train_step()
     mine, ref = interleaved(timed(ours.train_step, chars, repeat),
                             None if theirs is None else timed(theirs.train_step, chars, repeat),
                             pairs)
     details = {"hidden": hidden, "layers": layers, "batch": batch, "window": window,
                "pairs": pairs, "steps_per_measure": repeat, "engine_workers": ours.workers,
+               "engine_layouts": ours.layouts.layouts,
+               "engine_layout_after": [ours.workers, ours.blas_threads],
                "torch_threads": threads if theirs is not None else None,
                "engine_chars_per_second": mine, "torch_chars_per_second": ref}
     return make_result(f"training throughput H={hidden} L={layers} B={batch} T={window}",

@@ -5,8 +5,10 @@ between calls. When the cores are shared with other busy processes, or the matri
 small (a few hundred thousand multiply-adds, as in small models), a multithreaded GEMM can
 be many times slower than a single-threaded one (measured here: 20x on a 2-core machine
 with two busy neighbours). The Trainer therefore runs its steps with single-threaded BLAS
-and takes its parallelism from its own worker threads (``Trainer(workers=...)``); inference
-leaves the thread count alone, and these helpers let a caller choose.
+and takes its parallelism from its own worker threads (``Trainer(workers=...)``), except for
+models too small to shard, where it times one worker with BLAS on all cores against that and
+keeps the faster (see :mod:`parallelism`); inference leaves the thread count alone, and these
+helpers let a caller choose.
 
 Only NumPy's bundled OpenBLAS (``scipy_openblas``, as in the PyPI wheels) is recognised; with
 another BLAS the functions do nothing and return None.

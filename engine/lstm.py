@@ -303,7 +303,7 @@ class Window:
                 EW = self.EW
                 np.matmul(w.E, w.W_x[0] * half, out=EW)
                 EW += bias
-                np.take(EW, ids, axis=0, out=A)
+                np.take(EW, ids, axis=0, out=A, mode="clip")  # ids are checked; "raise" buffers the copy
             else:
                 np.matmul(x.reshape(N, -1), w.W_x[k] * half, out=A.reshape(N, 4 * H))  # one GEMM per window
                 A += bias

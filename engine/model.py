@@ -235,8 +235,10 @@ class CharLSTM:
         window = self._windows.get(key)
         if window is None:
             c = self.config
-            for old in [k for k in self._windows if k[2] == shard]:
-                del self._windows[old]  # one shape per shard: training uses a single shape
+            # Training uses one shape per shard, or two when the Trainer alternates between a
+            # sharded and an unsharded step (see parallelism.py): keep the latest two.
+            for old in [k for k in self._windows if k[2] == shard][:-1]:
+                del self._windows[old]
             window = self._windows[key] = lstm.Window(c.vocab_size, c.embedding_size, c.hidden_size, c.num_layers, T, B, self.dtype)
         return window
 
@@ -333,10 +335,11 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_workers(streams: int) -> int:
-    """Worker threads for ``streams`` parallel streams: one per core, at most one per 16
-    streams (smaller shards make the matrix products inefficient)."""
-    return max(1, min(available_cores(), streams // 16))
+def default_workers(streams: int, cores: int | None = None) -> int:
+    """Worker threads for ``streams`` parallel streams: one per core (default: this process's),
+    at most one per 16 streams (smaller shards make the matrix products inefficient)."""
+    cores = available_cores() if cores is None else max(1, cores)
+    return max(1, min(cores, streams // 16))
 
 
 def shared_pool() -> ThreadPoolExecutor:

@@ -27,12 +27,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import lstm
-from .blas import single_threaded
+from .blas import blas_threads, single_threaded
 from .config import ConfigError, ModelConfig, TrainConfig, check_int
 from .distributed import Communicator, LocalCommunicator
 from .evaluate import mean_loss
-from .model import CharLSTM, default_workers, torch_tensors
+from .model import CharLSTM, available_cores, torch_tensors
 from .optim import SGD, AdamW, clip_by_global_norm_, learning_rate
+from .parallelism import LayoutChooser, default_parallelism
 from .state import LSTMState
 from .vocab import Vocab
 
@@ -77,9 +78,13 @@ class Trainer:
     def __init__(self, model: CharLSTM, vocab: Vocab, text: str, config: TrainConfig, *,
                  workers: int | None = None, comm: Communicator | None = None):
         """Training and validation run with single-threaded BLAS (see :mod:`blas`); ``workers``
-        threads share each step's streams instead (see ``CharLSTM.loss_and_grad``). Default:
-        one per core, at most one per 16 streams. Results depend on ``workers`` only through
-        floating-point rounding; keep it fixed across capture/restore for exact continuation.
+        threads share each step's streams instead (see ``CharLSTM.loss_and_grad``). Default
+        (see :mod:`parallelism`): one per core, at most one per 16 streams; and for a model whose
+        shards would be too small, the steps are timed against one worker with multithreaded
+        BLAS on all the cores, and the faster of the two is used (``workers`` and
+        ``blas_threads`` say which the latest step used). Results depend on the layout only
+        through floating-point rounding; pass ``workers`` (single-threaded BLAS) to fix it, as
+        exact continuation across capture/restore needs.
 
         ``comm``: the ranks training this model together (default: this process alone, see
         :mod:`distributed`). Each rank passes the same model, text and config; the default
@@ -109,8 +114,13 @@ class Trainer:
         self._grad_scale = size * local_B / B
         self._loss_buf = np.zeros(1, model.dtype)  # reduced with the gradient, same Allreduce
         if workers is None:
-            workers = max(1, default_workers(local_B) // max(1, self.comm.local_size))
-        self.workers = check_int("workers", workers, 1, 256)
+            cores = max(1, available_cores() // max(1, self.comm.local_size))
+            layouts = default_parallelism(local_B, model.config.hidden_size, cores)
+        else:
+            layouts = [(check_int("workers", workers, 1, 256), 1)]
+        self.layouts = LayoutChooser(layouts)  # which layout each step uses (parallelism.py)
+        # The latest step's layout: worker threads, and BLAS threads per worker.
+        self.workers, self.blas_threads = layouts[0]
 
         n_train = int(len(text) * (1.0 - config.val_fraction))
         S = n_train // B  # characters per stream
@@ -209,8 +219,11 @@ class Trainer:
             shape = (T, c.batch_size, model.config.hidden_size)
             # The whole batch's masks on every rank (same random stream as one process).
             masks = [lstm.dropout_mask(self._rng, shape, p, model.dtype)[:, self._streams] for _ in range(model.config.num_layers)]
-        with single_threaded():
+        self.workers, self.blas_threads = self.layouts.next()
+        t0 = time.perf_counter()
+        with single_threaded() if self.blas_threads == 1 else blas_threads(self.blas_threads):
             loss, grad, carry = model.loss_and_grad(inputs, targets, self._carry, masks, workers=self.workers)
+        self.layouts.record(time.perf_counter() - t0)
         loss = self._reduce(loss, grad.flat)
         lr = self.current_learning_rate()
         norm = clip_by_global_norm_(grad.flat, c.clip)

@@ -10,6 +10,7 @@ import pytest
 
 from charlstm.engine import (CharLSTM, ConfigError, ModelConfig, TrainConfig, Trainer, TrainerState,
                              Vocab, evaluate_text)
+from charlstm.engine.parallelism import LayoutChooser, default_parallelism
 
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 6
@@ -262,3 +263,82 @@ def test_worker_threads_give_the_same_training_up_to_rounding():
         np.testing.assert_allclose(three.model.state_dict()[name], value, rtol=1e-8, atol=1e-10, err_msg=name)
     again = make(steps=8, batch_size=6, workers=3)
     assert [r.train_loss for r in again.run()] == b  # deterministic for a given number of workers
+
+
+@pytest.mark.parametrize("streams, hidden, cores, expected", [
+    (32, 128, 2, [(2, 1), (1, 2)]),  # shards of 16 x 4·128² too small, the whole batch not: try both
+    (32, 256, 2, [(2, 1)]),  # shards of 16 x 4·256² are big enough: one shard per core
+    (64, 512, 2, [(2, 1)]),
+    (64, 128, 2, [(2, 1)]),  # shards of 32 streams at H=128 are big enough
+    (16, 128, 2, [(1, 1)]),  # too few streams to shard, and too small to thread
+    (32, 16, 2, [(2, 1)]),  # too small to thread: sharded as before
+    (32, 128, 1, [(1, 1)]),
+])
+def test_default_parallelism_times_threaded_blas_only_where_the_shards_would_be_too_small(streams, hidden, cores, expected):
+    assert default_parallelism(streams, hidden, cores) == expected
+
+
+def test_layout_chooser_times_both_then_keeps_the_faster_and_follows_a_change_of_load():
+    chooser = LayoutChooser([(2, 1), (1, 2)], samples=3, warmup=1, probe_every=10, max_probe_every=40)
+    seconds = {(2, 1): 1.0, (1, 2): 0.5}
+    ran = []
+
+    def steps(n):
+        for _ in range(n):
+            layout = chooser.next()
+            ran.append(layout)
+            chooser.record(seconds[layout])
+
+    steps(118)
+    # warm-up of each, then three timed steps of each, round robin
+    assert ran[:8] == [(2, 1), (1, 2)] * 4 and chooser.settling_steps == 8
+    # then the faster, with a probe of the other 10 steps after the choice, and at doubling
+    # intervals (up to 40) while the probes do not change it
+    probes = [i for i, layout in enumerate(ran) if i >= 8 and layout == (2, 1)]
+    assert probes == [18, 39, 80]
+    seconds[(1, 2)] = 5.0  # the threaded layout slows down (a busy neighbour)
+    before = len(ran)
+    steps(3)
+    assert ran[before:] == [(1, 2), (2, 1), (2, 1)]  # left after one slow step, and not retaken
+    steps(20)
+    later = ran[before + 1 :]
+    assert later.count((1, 2)) == 1 and later[10] == (1, 2)  # probed again 10 steps after the change
+    seconds[(1, 2)] = 0.5  # the neighbour has gone: the next probe finds it fast, the step after
+    before = len(ran)  # confirms it, and it is used again
+    steps(25)
+    first = ran.index((1, 2), before)
+    assert ran[first : first + 3] == [(1, 2), (1, 2), (1, 2)] and ran[-3:] == [(1, 2)] * 3
+
+
+def test_a_single_layout_is_always_used():
+    chooser = LayoutChooser([(3, 1)])
+    for _ in range(5):
+        assert chooser.next() == (3, 1)
+        chooser.record(1.0)
+
+
+def test_a_trainer_alternating_layouts_trains_like_a_sharded_one(monkeypatch):
+    from charlstm.engine import trainer as trainer_module
+    from charlstm.engine.blas import get_num_threads
+    monkeypatch.setattr(trainer_module, "available_cores", lambda: 2)
+    text = TEXT * 3
+    vocab = Vocab.from_text(text)
+
+    def build(workers):
+        model = CharLSTM(ModelConfig(vocab_size=vocab.size, embedding_size=8, hidden_size=128, num_layers=1,
+                                     dtype="float64"), seed=3)
+        config = TrainConfig(seq_len=8, batch_size=32, steps=6, eval_every=100, val_fraction=0.05, seed=2)
+        return Trainer(model, vocab, text, config, workers=workers)
+
+    chosen, sharded = build(None), build(2)
+    before = get_num_threads()
+    a, layouts = [], set()
+    for _ in range(6):
+        a.append(chosen.train_step())
+        layouts.add((chosen.workers, chosen.blas_threads))
+    assert layouts == {(2, 1), (1, 2)}  # both were timed
+    assert get_num_threads() == before  # each step's BLAS thread count is restored afterwards
+    b = [sharded.train_step() for _ in range(6)]
+    assert {(sharded.workers, sharded.blas_threads)} == {(2, 1)}
+    np.testing.assert_allclose(a, b, rtol=1e-10)
+    np.testing.assert_allclose(chosen.model.params.flat, sharded.model.params.flat, rtol=1e-8, atol=1e-10)

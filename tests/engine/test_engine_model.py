@@ -177,3 +177,18 @@ def test_step_is_bit_for_bit_the_matmul_equations(rng):
             np.testing.assert_array_equal(state.h, np.stack(hs))
             np.testing.assert_array_equal(state.c, np.stack(cs))
             np.testing.assert_array_equal(probs, e / e.sum(axis=1, keepdims=True))
+
+
+def test_from_state_dict_skips_the_random_initialisation(monkeypatch):
+    # Loading a stored model overwrites every parameter, so the orthogonal init's QR
+    # decompositions (most of a load's time) must not run.
+    config = ModelConfig(vocab_size=11, embedding_size=4, hidden_size=8, num_layers=2)
+    tensors = CharLSTM(config, seed=5).state_dict()
+
+    def refuse(self, rng):
+        raise AssertionError("from_state_dict ran the random initialisation")
+
+    monkeypatch.setattr(CharLSTM, "_init_params", refuse)
+    loaded = CharLSTM.from_state_dict(config, tensors)
+    for name, value in loaded.state_dict().items():
+        np.testing.assert_array_equal(value, tensors[name])

@@ -35,6 +35,7 @@ EMBEDDING = 64
 # name: (hidden, layers, batch, window), the configurations issue 7 compares.
 CONFIGS = {"128x1": (128, 1, 32, 64), "256x2": (256, 2, 32, 64), "512x2": (512, 2, 64, 128)}
 TARGET = ">= 1.0"
+SPIN_SETTLE = 0.3  # seconds between the two sides' measurements (see measure)
 
 
 def engine_trainer(text: str, hidden: int, layers: int, batch: int, window: int) -> Trainer:
@@ -74,9 +75,14 @@ def measure(name: str, text: str, pairs: int, warmup: int, threads: int) -> dict
             theirs.train_step()
     for _ in range(ours.layouts.settling_steps):  # the Trainer times its layouts, then settles
         ours.train_step()
+    # A pause of SPIN_SETTLE between the two sides: a library that has just run multithreaded
+    # (PyTorch's OpenMP, or the engine's threaded-BLAS layout) leaves its threads spinning for
+    # a while, and a step started then runs on a core they hold. With 5 ms, PyTorch's 128x1
+    # figure swung between 34k and 160k chars/s from run to run; with 0.3 s it stayed at
+    # 130-150k (measured 2026-11-24, quiet machine).
     mine, ref = interleaved(timed(ours.train_step, chars, repeat),
                             None if theirs is None else timed(theirs.train_step, chars, repeat),
-                            pairs)
+                            pairs, pause=SPIN_SETTLE)
     details = {"hidden": hidden, "layers": layers, "batch": batch, "window": window,
                "pairs": pairs, "steps_per_measure": repeat, "engine_workers": ours.workers,
                "engine_layouts": ours.layouts.layouts,

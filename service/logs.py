@@ -185,7 +185,9 @@ class BackgroundStreamHandler(logging.Handler):
     request thread its formatting, a ``write`` under the handler lock and a wake-up of whoever
     reads the pipe. Here ``emit`` only queues the record; the writer thread wakes on the
     first record of a batch, waits ``linger`` seconds for more, then formats them all and
-    writes them at once. Lines keep their order and content. :meth:`flush` (which
+    writes them at once. Lines keep their order and content. (The standard library's
+    ``QueueHandler``/``QueueListener`` pair moves the work off the request thread too, but
+    writes and flushes each line on its own; the batched write is what this adds.) :meth:`flush` (which
     ``logging.shutdown`` calls at exit) and :meth:`close` write whatever is queued at once.
     """
 

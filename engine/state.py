@@ -65,9 +65,15 @@ class LSTMState:
         start = 0
         for n in sizes:
             stop = start + int(n)
-            out.append(LSTMState(self.h[:, start:stop], self.c[:, start:stop]))
+            out.append(self._view(start, stop))
             start = stop
         return out
+
+    def _view(self, start: int, stop: int) -> "LSTMState":
+        # Slices of a checked state need no new checks (a batch loop splits every step).
+        view = object.__new__(LSTMState)
+        view.h, view.c = self.h[:, start:stop], self.c[:, start:stop]
+        return view
 
     def copy(self) -> "LSTMState":
         return LSTMState(self.h.copy(), self.c.copy())

@@ -38,6 +38,9 @@ class Generation:
 
     probs: np.ndarray
     state: LSTMState
+    #: The reader takes positions in groups of this many (its message size); a generation
+    #: computed on another thread need not wake it before a group is complete.
+    chunk: int = 1
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         raise NotImplementedError

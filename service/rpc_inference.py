@@ -186,7 +186,10 @@ class InferenceRpcs:
         text: list[str] = []
         probs: list[float] = []
         try:
-            for char, p, ready in session.generate(length, sampler, should_stop=stopped):
+            # Waiting for whole messages (fill) lets a batched generation wake us once each.
+            chunk = 1 if coalesce else fill
+            for char, p, ready in session.generate(length, sampler, should_stop=stopped,
+                                                   chunk=chunk):
                 generated += 1
                 if fill == 1:  # one character a message (the default): no lists to join
                     yield pb.StreamResponse(chars=pb.GeneratedChars(text=char, probabilities=(p,)))

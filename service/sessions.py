@@ -148,10 +148,12 @@ class StreamSession:
         length: int,
         sampler: Sampler | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        chunk: int = 1,
     ) -> Iterator[tuple[str, float, int]]:
         """Sample up to ``length`` characters, feeding each back in; yields ``(char, prob,
         ready)`` as soon as each is drawn, ``ready`` being how many more are already drawn
-        (the batch loop runs ahead of a slow reader; always 0 unbatched).
+        (the batch loop runs ahead of a slow reader; always 0 unbatched). ``chunk``: the
+        caller sends characters in groups of this many (see ``Generation.chunk``).
 
         ``should_stop()`` is polled after each character; when it fires (the call is over: the
         session is closing, the client cancelled or the server drains) the generation is
@@ -162,6 +164,7 @@ class StreamSession:
         probs, state = self._distribution()
         chars = char_table(self.vocab)
         generation = self._stepper.generate(self.loaded.model, probs, state, [sampler], length)
+        generation.chunk = chunk
         finished = False
         try:
             for ids, p in generation:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from charlstm.engine import CharLSTM, ModelConfig, Sampler, SamplingOptions
+from charlstm.service import batching
 from charlstm.service.batching import BatchingStepper
 from charlstm.service.config import ServerConfig, add_serve_arguments
 from charlstm.service.inference import Stepper
@@ -125,6 +126,93 @@ def test_the_batcher_serves_sessions_round_robin_when_they_exceed_the_batch():
     alone = [int(ids[0]) for ids, _ in again]
     batched = stepper.generate(model, probs, state, [Sampler(SamplingOptions(seed=5))], 300)
     assert [int(ids[0]) for ids, _ in batched] == alone
+
+
+class _WakeRecorder:
+    """Stands in for a generation's wake-up lock: after each wake-up, records how many of the
+    reader's current group of ``chunk`` positions were still missing (0: the whole group)."""
+
+    def __init__(self, generation):
+        self.generation, self.lock = generation, generation._wake
+        self.missing: list[int] = []
+
+    def acquire(self) -> bool:
+        woke = self.lock.acquire()
+        g = self.generation
+        rest = g.chunk - g._taken % g.chunk
+        ended = bool(g.out) and g.out[-1] is batching._END
+        self.missing.append(0 if ended else max(0, rest - len(g.out)))
+        return woke
+
+    def release(self) -> None:
+        self.lock.release()
+
+
+def _draws_alone(model, probs, state, seed: int, length: int) -> list[int]:
+    alone = Stepper().generate(model, probs, state, [Sampler(SamplingOptions(seed=seed))], length)
+    return [int(ids[0]) for ids, _ in alone]
+
+
+def test_a_reader_of_whole_messages_is_woken_once_a_message():
+    """A reader that sends groups of `chunk` characters sleeps until the rest of its group is
+    drawn: every wake-up finds the group complete, so there is at most one a group (the
+    queue it replaced woke the reader for every character)."""
+    model = CharLSTM(ModelConfig(vocab_size=12, embedding_size=8, hidden_size=64, num_layers=2),
+                     seed=0)
+    stepper = BatchingStepper(max_wait=0.0)
+    probs, state = Stepper().step(model, np.array([0]), model.zero_state(1))
+    length, chunk = 1001, 4
+    generation = stepper.generate(model, probs, state, [Sampler(SamplingOptions(seed=2))], length)
+    generation.chunk = chunk
+    wakes = generation._wake = _WakeRecorder(generation)
+    ids = [int(drawn[0]) for drawn, _ in generation]
+    assert ids == _draws_alone(model, probs, state, 2, length)
+    assert wakes.missing, "the reader never had to wait: make the model slower"
+    assert set(wakes.missing) == {0}
+    assert len(wakes.missing) <= -(-length // chunk)
+
+
+def test_a_message_longer_than_the_loop_may_run_ahead_still_completes():
+    model = _model()
+    stepper = BatchingStepper(max_ahead=4)
+    probs, state = Stepper().step(model, np.array([0]), model.zero_state(1))
+    generation = stepper.generate(model, probs, state, [Sampler(SamplingOptions(seed=3))], 50)
+    generation.chunk = 16  # more than max_ahead: waiting for 16 would wait forever
+    got: list[int] = []
+    reader = threading.Thread(target=lambda: got.extend(int(i[0]) for i, _ in generation),
+                              daemon=True)
+    reader.start()
+    reader.join(30)
+    assert got == _draws_alone(model, probs, state, 3, 50)
+
+
+def test_the_same_rows_stepping_again_reuse_the_stacked_state(monkeypatch):
+    """Steady sessions are not re-stacked every step (concatenating 64 one-row states was a
+    third of the loop's time), and each still draws its own characters."""
+    concats = []
+    real = batching.LSTMState.concat
+    monkeypatch.setattr(batching.LSTMState, "concat",
+                        staticmethod(lambda states: concats.append(len(states)) or real(states)))
+    model = _model()
+    stepper = BatchingStepper(max_wait=0.01)
+    probs, state = Stepper().step(model, np.array([0]), model.zero_state(1))
+    start = threading.Barrier(3)
+    got: dict[int, list[int]] = {}
+
+    def read(seed: int) -> None:
+        start.wait()
+        generation = stepper.generate(model, probs, state,
+                                      [Sampler(SamplingOptions(seed=seed))], 300)
+        got[seed] = [int(ids[0]) for ids, _ in generation]
+
+    threads = [threading.Thread(target=read, args=(s,)) for s in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert {s: got[s] for s in (1, 2, 3)} == {
+        s: _draws_alone(model, probs, state, s, 300) for s in (1, 2, 3)}
+    assert 0 < len(concats) < 30  # about 300 steps of two or three rows
 
 
 def test_a_feed_longer_than_the_direct_limit_bypasses_the_loop():

@@ -21,6 +21,14 @@ from client_live import Live
 SMALL = dict(hidden_size=16, embedding_size=8, num_layers=1, seq_len=16, batch_size=4)
 
 
+def _assert_same_next(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> None:
+    """The same next characters, with probabilities equal to float32 rounding: a batched step
+    rounds a row differently when the batcher steps it with others (this live server's other
+    sessions), so two computations of one state agree to about 1e-8, not always to the bit."""
+    assert [c for c, _ in a] == [c for c, _ in b]
+    assert [p for _, p in a] == pytest.approx([p for _, p in b], rel=1e-5)
+
+
 def test_async_client_runs_a_stream_session_and_a_predict_call(live: Live) -> None:
     async def scenario() -> tuple:
         async with AsyncCharLstmClient(live.target, timeout=10) as client:
@@ -41,7 +49,7 @@ def test_async_client_runs_a_stream_session_and_a_predict_call(live: Live) -> No
     assert info.model == "tiny" and info.version == 2 and info.vocab_size > 1
     # Greedy decoding is deterministic: the session continues "ROMEO" exactly like Predict does.
     assert generated == result.predictions[0].continuation
-    assert after_feed == result.predictions[0].next
+    _assert_same_next(after_feed, result.predictions[0].next)
     assert position == len("ROMEO") + 20 and reset_position == 0
 
 
@@ -120,7 +128,7 @@ def test_generation_arrives_incrementally_and_an_abandoned_one_is_drained(live: 
         assert len(session.transcript) == session.position
         # The transcript reproduces the state in a fresh session (how a lost session is rebuilt).
         with client.stream("tiny") as replay:
-            assert replay.feed(session.transcript) == session.next
+            _assert_same_next(replay.feed(session.transcript), session.next)
         assert first != session.next
 
 

@@ -222,7 +222,11 @@ def test_three_replicas_share_models_jobs_and_survive_a_sigkill(backend: Backend
             assert session.reopened == 1
             with CharLstmClient(survivor.address, timeout=10) as direct:
                 fresh = direct.stream("shared", version=new_version, prefix="the quick brown fox")
-                assert after == fresh.next
+                # The same characters; the probabilities to float32 rounding (a batched step
+                # rounds a row differently when other rows share it).
+                assert [c for c, _ in after] == [c for c, _ in fresh.next]
+                assert [p for _, p in after] == pytest.approx([p for _, p in fresh.next],
+                                                              rel=1e-5)
                 fresh.close()
             assert len("".join(session.generate(10))) == 10
             session.close()

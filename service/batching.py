@@ -358,7 +358,7 @@ class _ModelLoop:
         :meth:`_iterate` was about as long as the step's products. Returns what
         :meth:`_iterate` returns."""
         self._mark_started(gens)
-        model, max_ahead, fifo = self.model, self.max_ahead, self._fifo
+        model, max_ahead = self.model, self.max_ahead
         rows = None if self.owner.metrics is None else self.owner.metrics.batch_rows
         n = len(gens)
         # One vectorised draw, each row from its own generator (as in _draw).
@@ -377,7 +377,7 @@ class _ModelLoop:
             probs, state = model.step(ids, state)  # single-threaded BLAS (see _run)
             if rows is not None:
                 rows.observe(n)
-            if fifo or not all(fed) or any(
+            if self._fifo or not all(fed) or any(
                     g.remaining <= 0 or g.stopped or len(g.out) >= max_ahead for g in gens):
                 break  # others to serve, a row done, or one for _take to set aside
         # Each row gets its views, as after _iterate: the FIFO's path and finish() read them.

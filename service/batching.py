@@ -19,7 +19,8 @@ One iteration takes participants from the front of the FIFO up to ``max_batch_si
 draws the characters of the generations (one vectorised draw per distinct sampling setting,
 each row still using its own seeded generator, so the characters are the ones the unbatched
 path draws), stacks the states (or reuses the previous step's stacked output when the same
-participants step again), runs ONE ``model.step`` for all rows and splits the result back. Participants still running go to the back of the FIFO (round robin: none is starved when
+participants step again), runs ONE ``model.step`` for all rows and splits the result back.
+Participants still running go to the back of the FIFO (round robin: none is starved when
 there are more rows than ``max_batch_size``). A generation that is more than ``max_ahead``
 characters ahead of its reader sits out until the reader catches up.
 

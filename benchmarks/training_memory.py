@@ -5,8 +5,9 @@
 Each run is a fresh child process: it imports its framework, reads the corpus, resets the
 kernel's resident-set high-water mark (``echo 5 > /proc/self/clear_refs``) and notes VmRSS, then
 builds the model and optimiser and trains a few steps (the configurations and setup of
-``train_throughput.py``). The figure is the high-water mark (VmHWM) minus that starting RSS: the
-memory the model, optimiser state, activations, gradients and temporaries took at their peak.
+``train_throughput.py``). The figure is the high-water mark (VmHWM) minus that starting RSS, plus the
+high-water marks of its child processes (the engine's training shard processes, counted whole):
+the memory the model, optimiser state, activations, gradients and temporaries took at their peak.
 The engine's child also reports tracemalloc's peak of NumPy's allocations as a cross-check.
 Linux only (it reads /proc). No target: issue 7 asks for the figures.
 """
@@ -28,12 +29,21 @@ from train_throughput import CONFIGS, CORPUS, EMBEDDING  # noqa: E402
 MB = 1024 * 1024
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
+def _status_kb(field: str, pid: str = "self") -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+def _children_peak_kb() -> int:
+    """The summed high-water marks of this process's live children: the engine's training
+    shard processes (engine/shard_processes.py), whole, as all their memory is the training's."""
+    pids = set()
+    for task in Path("/proc/self/task").iterdir():
+        pids.update((task / "children").read_text().split())
+    return sum(_status_kb("VmHWM", pid) for pid in pids)
 
 
 def child(which: str, name: str, steps: int) -> dict[str, float]:
@@ -63,12 +73,14 @@ def child(which: str, name: str, steps: int) -> dict[str, float]:
         trainer = engine_trainer(text, hidden, layers, batch, window)
     for _ in range(steps):
         trainer.train_step()
+    children_kb = _children_peak_kb()  # before the trainer ends its shard processes
     if which != "torch":
         traced = tracemalloc.get_traced_memory()[1] / MB
         tracemalloc.stop()
+        trainer.close()
     peak_kb = _status_kb("VmHWM")
-    return {"peak_mb": (peak_kb - start_kb) / 1024, "start_rss_mb": start_kb / 1024,
-            "tracemalloc_peak_mb": traced}
+    return {"peak_mb": (peak_kb - start_kb + children_kb) / 1024, "start_rss_mb": start_kb / 1024,
+            "child_processes_peak_mb": children_kb / 1024, "tracemalloc_peak_mb": traced}
 
 
 def _start_child(which: str, name: str, steps: int) -> subprocess.Popen:
@@ -98,7 +110,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         ours = _child_result("engine", name, children["engine", name])
         theirs = _child_result("torch", name, children["torch", name])
         details = {"hidden": hidden, "layers": layers, "batch": batch, "window": window,
-                   "steps": steps, "method": "VmHWM - VmRSS at start, fresh child process",
+                   "steps": steps, "method": "VmHWM - VmRSS at start + child processes' VmHWM, fresh child process",
                    "engine": ours, "torch": theirs}
         results.append(make_result(f"training peak memory H={hidden} L={layers} B={batch} T={window}",
                                    ours["peak_mb"], theirs["peak_mb"] if theirs else None, "MB",

@@ -26,6 +26,7 @@ import numpy as np
 from . import lstm
 from .blas import single_threaded
 from .config import ConfigError, ModelConfig, check_int
+from .shard_processes import ShardProcesses
 from .state import LSTMState
 
 
@@ -180,6 +181,7 @@ class CharLSTM:
         *,
         need_grad: bool = True,
         workers: int = 1,
+        processes: ShardProcesses | None = None,
     ) -> tuple[float, lstm.Params | None, LSTMState]:
         """Mean cross-entropy (nats/char) of predicting ``targets`` from ``inputs`` (T, B), and
         its gradient with respect to every parameter (truncated BPTT over this window).
@@ -190,6 +192,9 @@ class CharLSTM:
         with single-threaded BLAS (NumPy releases the GIL inside its loops and GEMMs). The
         result equals the unsplit one up to floating-point rounding, and is deterministic for
         a given number of workers.
+        processes: run shards 1.. in these worker processes instead of threads (their
+        ``count`` must be ``workers - 1``): the same results, bit for bit, without the shards
+        taking turns at the GIL (see :mod:`shard_processes`).
         Returns (loss, gradient, final state). The gradient is a :class:`lstm.Params` laid out
         like ``self.params`` and reused by the next call.
         """
@@ -203,37 +208,52 @@ class CharLSTM:
         W_hT = [np.ascontiguousarray(W.T) for W in self.params.W_h]  # (4H, H): faster GEMMs
         shards = min(workers, B)
         bounds = [B * i // shards for i in range(shards + 1)]  # contiguous ranges of streams
-        while len(self._grads) < shards:
+        while len(self._grads) < (1 if processes is not None else shards):  # one per thread shard
             c = self.config
             self._grads.append(lstm.Params(c.vocab_size, c.embedding_size, c.hidden_size, c.num_layers, self.dtype))
 
-        def run(i: int) -> float:
+        if processes is not None and processes.count != shards - 1:
+            raise ConfigError("processes", f"processes must hold workers - 1 = {shards - 1} "
+                              f"worker processes (got {processes.count})")
+
+        def shard(i: int) -> tuple:
+            """Shard i's arguments of ``lstm.Window.forward``."""
             b0, b1 = bounds[i], bounds[i + 1]
-            window = self._window(T, b1 - b0, i)
             masks = None if dropout_masks is None else [m[:, b0:b1] for m in dropout_masks]
-            loss = window.forward(self.params, inputs[:, b0:b1], targets[:, b0:b1], state.h[:, b0:b1], state.c[:, b0:b1], masks, W_hT)
+            return inputs[:, b0:b1], targets[:, b0:b1], state.h[:, b0:b1], state.c[:, b0:b1], masks
+
+        def run(i: int) -> tuple[float, np.ndarray, np.ndarray]:
+            window = self._window(T, bounds[i + 1] - bounds[i], i)
+            loss = window.forward(self.params, *shard(i), W_hT)
             if need_grad:
                 window.backward(self.params, self._grads[i], W_hT)
-            return loss
+            return (loss, *window.final_state())
 
+        grads = self._grads[:shards]
         if shards == 1:
-            losses = [run(0)]
+            results = [run(0)]
+        elif processes is not None:
+            np.copyto(processes.params.flat, self.params.flat)
+            for i in range(1, shards):
+                processes.submit(i - 1, *shard(i), need_grad)
+            with single_threaded():
+                results = [run(0)] + [processes.result(i - 1) for i in range(1, shards)]
+            grads = [grads[0]] + processes.grads
         else:
             with single_threaded():
                 futures = [shared_pool().submit(run, i) for i in range(1, shards)]
-                losses = [run(0)] + [f.result() for f in futures]
+                results = [run(0)] + [f.result() for f in futures]
         share = [(bounds[i + 1] - bounds[i]) / B for i in range(shards)]  # each shard's loss is its own mean
-        loss = float(sum(s * l for s, l in zip(share, losses)))
+        loss = float(sum(s * r[0] for s, r in zip(share, results)))
         grad = None
         if need_grad:
-            grad = self._grads[0]
+            grad = grads[0]
             if shards > 1:
                 grad.flat *= share[0]
                 for i in range(1, shards):
-                    grad.flat += share[i] * self._grads[i].flat
-        finals = [self._window(T, bounds[i + 1] - bounds[i], i).final_state() for i in range(shards)]
-        h = np.concatenate([f[0] for f in finals], axis=1)
-        c = np.concatenate([f[1] for f in finals], axis=1)
+                    grad.flat += share[i] * grads[i].flat
+        h = np.concatenate([r[1] for r in results], axis=1)
+        c = np.concatenate([r[2] for r in results], axis=1)
         return loss, grad, LSTMState(h, c)
 
     def _window(self, T: int, B: int, shard: int) -> lstm.Window:

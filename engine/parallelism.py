@@ -1,11 +1,13 @@
-"""How a training step uses the cores: shards in worker threads, or one worker with threaded BLAS.
+"""How a training step uses the cores: shards, or one worker with threaded BLAS.
 
 Two ways to spread a step over C cores (see ``CharLSTM.loss_and_grad``):
 
-- **sharded**: up to C worker threads, each with a contiguous share of the streams and
-  single-threaded BLAS. Each shard runs alone until the step ends, so a busy neighbour on one
-  core only slows its shard. But each shard makes the same number of small NumPy calls per
-  timestep as the whole batch would, and the threads take turns at the GIL between them.
+- **sharded**: up to C shards, each a contiguous share of the streams with single-threaded
+  BLAS, computed by the caller's thread and worker processes (the ``Trainer``'s default,
+  ``shard_processes.py``) or worker threads. Each shard runs alone until the step ends, so a
+  busy neighbour on one core only slows its shard. But each shard makes the same number of
+  small NumPy calls per timestep as the whole batch would (and threads take turns at the GIL
+  for them).
 - **threaded**: one worker with all the streams and BLAS on all C cores. Half the NumPy calls per
   character on 2 cores, but BLAS synchronises its threads at every timestep's product, so a busy
   neighbour on one core stalls every timestep: measured on 2 cores at H=128 (32 streams),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -34,6 +35,7 @@ from .evaluate import mean_loss
 from .model import CharLSTM, available_cores, torch_tensors
 from .optim import SGD, AdamW, clip_by_global_norm_, learning_rate
 from .parallelism import LayoutChooser, default_parallelism
+from .shard_processes import ShardProcessError, ShardProcesses
 from .state import LSTMState
 from .vocab import Vocab
 
@@ -79,7 +81,9 @@ class Trainer:
                  workers: int | None = None, comm: Communicator | None = None):
         """Training and validation run with single-threaded BLAS (see :mod:`blas`); ``workers``
         threads share each step's streams instead (see ``CharLSTM.loss_and_grad``). Default
-        (see :mod:`parallelism`): one per core, at most one per 16 streams; and for a model whose
+        (see :mod:`parallelism`): one shard per core, at most one per 16 streams, the shards
+        after the first in worker processes (:mod:`shard_processes`; :meth:`close` or the end
+        of :meth:`run` stops them); and for a model whose
         shards would be too small, the steps are timed against one worker with multithreaded
         BLAS on all the cores, and the faster of the two is used (``workers`` and
         ``blas_threads`` say which the latest step used). Results depend on the layout only
@@ -119,6 +123,10 @@ class Trainer:
         else:
             layouts = [(check_int("workers", workers, 1, 256), 1)]
         self.layouts = LayoutChooser(layouts)  # which layout each step uses (parallelism.py)
+        # The default layouts run their shards in worker processes (shard_processes.py),
+        # started at the first sharded step; an explicit ``workers`` keeps them in threads.
+        self._use_processes = workers is None
+        self._processes: ShardProcesses | None = None
         # The latest step's layout: worker threads, and BLAS threads per worker.
         self.workers, self.blas_threads = layouts[0]
 
@@ -220,9 +228,15 @@ class Trainer:
             # The whole batch's masks on every rank (same random stream as one process).
             masks = [lstm.dropout_mask(self._rng, shape, p, model.dtype)[:, self._streams] for _ in range(model.config.num_layers)]
         self.workers, self.blas_threads = self.layouts.next()
+        processes = self._shard_processes(self.workers)
         t0 = time.perf_counter()
-        with single_threaded() if self.blas_threads == 1 else blas_threads(self.blas_threads):
-            loss, grad, carry = model.loss_and_grad(inputs, targets, self._carry, masks, workers=self.workers)
+        try:
+            with single_threaded() if self.blas_threads == 1 else blas_threads(self.blas_threads):
+                loss, grad, carry = model.loss_and_grad(inputs, targets, self._carry, masks,
+                                                        workers=self.workers, processes=processes)
+        except ShardProcessError:
+            self.close()  # a dead worker: the next step starts new ones
+            raise
         self.layouts.record(time.perf_counter() - t0)
         loss = self._reduce(loss, grad.flat)
         lr = self.current_learning_rate()
@@ -236,6 +250,32 @@ class Trainer:
             carry = model.zero_state(self._carry.h.shape[1])
         self._carry = carry
         return loss, norm, lr
+
+    def _shard_processes(self, workers: int) -> ShardProcesses | None:
+        """The worker processes for a step of ``workers`` shards, started at first use (None:
+        no shards to hand out, or threads)."""
+        if workers < 2 or not self._use_processes:
+            return None
+        if self._processes is not None and self._processes.count != workers - 1:
+            self.close()
+        if self._processes is None:
+            c = self.model.config
+            try:
+                self._processes = ShardProcesses(
+                    workers - 1, (c.vocab_size, c.embedding_size, c.hidden_size, c.num_layers),
+                    self.model.dtype)
+            except (OSError, ShardProcessError) as exc:  # e.g. no way to start a process here
+                warnings.warn(f"training shards run in threads: worker processes did not start "
+                              f"({exc})", RuntimeWarning, stacklevel=3)
+                self._use_processes = False
+        return self._processes
+
+    def close(self) -> None:
+        """End the shard worker processes, if any (:meth:`run` does at its end; a later step
+        starts them again)."""
+        if self._processes is not None:
+            self._processes.close()
+            self._processes = None
 
     def _reduce(self, loss: float, grad: np.ndarray) -> float:
         """Turn this rank's loss and gradient (flat, in place; each a mean over its streams)
@@ -328,6 +368,7 @@ class Trainer:
                     allreduce_seconds=self.last_allreduce_seconds,
                 )
         finally:  # also when the caller abandons the iterator
+            self.close()
             self._elapsed_before += time.perf_counter() - start
             self._run_start = self._step_clock = None
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +154,39 @@ def test_a_trainer_whose_worker_died_fails_that_step_and_starts_new_workers():
     loss, _, _ = trainer.train_step()
     assert np.isfinite(loss)
     trainer.close()
+
+
+_TRAIN_FOREVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_engine_shard_processes import default_sharded_trainer
+trainer = default_sharded_trainer()
+trainer.train_step()
+print(*trainer._processes.pids, flush=True)
+while True:
+    trainer.train_step()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@needs_two_cores
+def test_the_workers_end_when_their_trainer_is_killed():
+    code = _TRAIN_FOREVER.format(tests=str(Path(__file__).parent))
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert workers
+        parent.kill()  # SIGKILL: no chance to close anything
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "a shard worker outlived its killed trainer"
+            time.sleep(0.05)
+    finally:
+        parent.kill()

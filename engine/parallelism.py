@@ -37,16 +37,22 @@ Layout = tuple[int, int]  # (worker threads, BLAS threads per worker)
 _SWITCH_MARGIN = 0.9
 
 
-def default_parallelism(streams: int, hidden: int, cores: int | None = None) -> list[Layout]:
+def default_parallelism(streams: int, hidden: int, cores: int | None = None, *,
+                        shard_processes: bool = False) -> list[Layout]:
     """The layouts worth timing for ``streams`` streams of a model with ``hidden`` units on
     ``cores`` cores (default: this process's), the sharded one first: only the sharded one,
     unless its shards' per-timestep products would be too small (``MIN_SHARD_MACS``) while the
-    whole batch's is not; then the threaded one too."""
+    whole batch's is not; then the threaded one too. With ``shard_processes`` (the shards after
+    the first in worker processes) only the sharded one: at H=128 with 2 x 16 streams its steps
+    took 12.4-14.0 ms against the threaded layout's 14.2-15.3 in six runs (both
+    OPENBLAS_CORETYPE settings), and timing the two side by side misleads, as the threaded
+    layout's BLAS threads keep spinning on a core for 50-200 ms after its step."""
     cores = available_cores() if cores is None else max(1, cores)
     workers = default_workers(streams, cores)
     macs = 4 * hidden * hidden
     sharded = (workers, 1)
-    if workers > 1 and (streams // workers) * macs < MIN_SHARD_MACS <= streams * macs:
+    if (workers > 1 and not shard_processes
+            and (streams // workers) * macs < MIN_SHARD_MACS <= streams * macs):
         return [sharded, (1, cores)]
     return [sharded]
 

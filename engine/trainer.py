@@ -83,12 +83,13 @@ class Trainer:
         threads share each step's streams instead (see ``CharLSTM.loss_and_grad``). Default
         (see :mod:`parallelism`): one shard per core, at most one per 16 streams, the shards
         after the first in worker processes (:mod:`shard_processes`; :meth:`close` or the end
-        of :meth:`run` stops them); and for a model whose
-        shards would be too small, the steps are timed against one worker with multithreaded
-        BLAS on all the cores, and the faster of the two is used (``workers`` and
-        ``blas_threads`` say which the latest step used). Results depend on the layout only
-        through floating-point rounding; pass ``workers`` (single-threaded BLAS) to fix it, as
-        exact continuation across capture/restore needs.
+        of :meth:`run` stops them). Where worker processes cannot start, the shards run in
+        threads, and for a model whose shards would be too small the steps are timed against
+        one worker with multithreaded BLAS on all the cores, and the faster of the two is used
+        (``workers`` and ``blas_threads`` say which the latest step used). Results depend on
+        the layout only through floating-point rounding (processes and threads give the same
+        bits); pass ``workers`` (threads, single-threaded BLAS) to fix it, as exact
+        continuation across capture/restore needs.
 
         ``comm``: the ranks training this model together (default: this process alone, see
         :mod:`distributed`). Each rank passes the same model, text and config; the default
@@ -119,7 +120,8 @@ class Trainer:
         self._loss_buf = np.zeros(1, model.dtype)  # reduced with the gradient, same Allreduce
         if workers is None:
             cores = max(1, available_cores() // max(1, self.comm.local_size))
-            layouts = default_parallelism(local_B, model.config.hidden_size, cores)
+            self._layout_for = (local_B, model.config.hidden_size, cores)
+            layouts = default_parallelism(*self._layout_for, shard_processes=True)
         else:
             layouts = [(check_int("workers", workers, 1, 256), 1)]
         self.layouts = LayoutChooser(layouts)  # which layout each step uses (parallelism.py)
@@ -227,8 +229,10 @@ class Trainer:
             shape = (T, c.batch_size, model.config.hidden_size)
             # The whole batch's masks on every rank (same random stream as one process).
             masks = [lstm.dropout_mask(self._rng, shape, p, model.dtype)[:, self._streams] for _ in range(model.config.num_layers)]
+        if self._use_processes and self._processes is None:
+            self._start_processes()  # before choosing: without them the layouts change
         self.workers, self.blas_threads = self.layouts.next()
-        processes = self._shard_processes(self.workers)
+        processes = self._processes if self.workers > 1 else None
         t0 = time.perf_counter()
         try:
             with single_threaded() if self.blas_threads == 1 else blas_threads(self.blas_threads):
@@ -251,24 +255,23 @@ class Trainer:
         self._carry = carry
         return loss, norm, lr
 
-    def _shard_processes(self, workers: int) -> ShardProcesses | None:
-        """The worker processes for a step of ``workers`` shards, started at first use (None:
-        no shards to hand out, or threads)."""
-        if workers < 2 or not self._use_processes:
-            return None
-        if self._processes is not None and self._processes.count != workers - 1:
-            self.close()
-        if self._processes is None:
-            c = self.model.config
-            try:
-                self._processes = ShardProcesses(
-                    workers - 1, (c.vocab_size, c.embedding_size, c.hidden_size, c.num_layers),
-                    self.model.dtype)
-            except (OSError, ShardProcessError) as exc:  # e.g. no way to start a process here
-                warnings.warn(f"training shards run in threads: worker processes did not start "
-                              f"({exc})", RuntimeWarning, stacklevel=3)
-                self._use_processes = False
-        return self._processes
+    def _start_processes(self) -> None:
+        """Start the worker processes for the shards of the default layout (one fewer than
+        its shards; none for one shard). Where they cannot start, the shards run in threads
+        and the layouts are the threads' ones (``default_parallelism``)."""
+        workers = self.layouts.layouts[0][0]
+        if workers < 2:
+            return
+        c = self.model.config
+        try:
+            self._processes = ShardProcesses(
+                workers - 1, (c.vocab_size, c.embedding_size, c.hidden_size, c.num_layers),
+                self.model.dtype)
+        except (OSError, ShardProcessError) as exc:  # e.g. no way to start a process here
+            warnings.warn(f"training shards run in threads: worker processes did not start "
+                          f"({exc})", RuntimeWarning, stacklevel=3)
+            self._use_processes = False
+            self.layouts = LayoutChooser(default_parallelism(*self._layout_for))
 
     def close(self) -> None:
         """End the shard worker processes, if any (:meth:`run` does at its end; a later step

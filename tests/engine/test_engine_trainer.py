@@ -276,6 +276,8 @@ def test_worker_threads_give_the_same_training_up_to_rounding():
 ])
 def test_default_parallelism_times_threaded_blas_only_where_the_shards_would_be_too_small(streams, hidden, cores, expected):
     assert default_parallelism(streams, hidden, cores) == expected
+    # shards in worker processes are the faster layout at every size measured
+    assert default_parallelism(streams, hidden, cores, shard_processes=True) == expected[:1]
 
 
 def test_layout_chooser_times_both_then_keeps_the_faster_and_follows_a_change_of_load():
@@ -317,10 +319,17 @@ def test_a_single_layout_is_always_used():
         chooser.record(1.0)
 
 
-def test_a_trainer_alternating_layouts_trains_like_a_sharded_one(monkeypatch):
+def test_a_trainer_without_worker_processes_alternates_layouts_and_trains_like_a_sharded_one(monkeypatch):
     from charlstm.engine import trainer as trainer_module
     from charlstm.engine.blas import get_num_threads
     monkeypatch.setattr(trainer_module, "available_cores", lambda: 2)
+
+    def no_processes(*args, **kwargs):
+        raise OSError("process creation refused")
+
+    # Where worker processes cannot start, the shards run in threads and the layouts of
+    # threads apply: at H=128, B=32 both are timed.
+    monkeypatch.setattr(trainer_module, "ShardProcesses", no_processes)
     text = TEXT * 3
     vocab = Vocab.from_text(text)
 
@@ -333,7 +342,10 @@ def test_a_trainer_alternating_layouts_trains_like_a_sharded_one(monkeypatch):
     chosen, sharded = build(None), build(2)
     before = get_num_threads()
     a, layouts = [], set()
-    for _ in range(6):
+    with pytest.warns(RuntimeWarning, match="shards run in threads.*process creation refused"):
+        a.append(chosen.train_step())
+    layouts.add((chosen.workers, chosen.blas_threads))
+    for _ in range(5):
         a.append(chosen.train_step())
         layouts.add((chosen.workers, chosen.blas_threads))
     assert layouts == {(2, 1), (1, 2)}  # both were timed

@@ -4,10 +4,9 @@
 
 Both train Embedding(V, 64) -> LSTM(H, L) -> Linear(H, V) with Adam (no weight decay), gradient
 clipping at 5 and float32 on tiny Shakespeare, with the state carried between windows, on the
-same thread count (the engine's Trainer with its default layout: one worker thread per core with
-single-threaded BLAS or, for a model too small to shard, whichever of that and one worker with
-BLAS on every core its own timing finds faster, after it has settled; PyTorch:
-``torch.set_num_threads(cores)``). Steps alternate engine / PyTorch after warm-up, and
+same thread count (the engine's Trainer with its default layout: one shard of the streams per
+core with single-threaded BLAS, the shards after the first in worker processes, see
+``engine/shard_processes.py``; PyTorch: ``torch.set_num_threads(cores)``). Steps alternate engine / PyTorch after warm-up, and
 the ratio is the median over pairs of (engine chars/s) / (PyTorch chars/s). Without PyTorch (the
 optional `interop` extra) only the engine is measured.
 """

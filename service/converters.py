@@ -8,7 +8,7 @@ every error names the field as the client spells it (``sampling.temperature``,
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,7 +23,7 @@ __all__ = [
     "label_name",
     "sampling_options",
     "limit",
-    "char_probabilities",
+    "add_char_probabilities",
     "timestamp",
     "architecture",
     "model_version",
@@ -134,8 +134,12 @@ def limit(value: int, maximum: int, *, what: str, flag: str, field: str | None =
 # Plain values -> responses
 
 
-def char_probabilities(pairs: Iterable[tuple[str, float]]) -> list[pb.CharProbability]:
-    return [pb.CharProbability(char=c, probability=float(p)) for c, p in pairs]
+def add_char_probabilities(field: Any, pairs: Iterable[tuple[str, float]]) -> None:
+    """Append ``(char, probability)`` pairs to a repeated ``CharProbability`` field, built in
+    place: a list of messages passed to a constructor is copied into it, and for a cached
+    Predict that copying was 2.5 of the 5.8 us its response took to build."""
+    for c, p in pairs:
+        field.add(char=c, probability=float(p))
 
 
 def timestamp(unix_seconds: float) -> Timestamp:

@@ -70,19 +70,12 @@ class InferenceRpcs:
         )
         if length:
             self.metrics.generated_chars_total.inc(sum(len(r.continuation) for r in results))
-        return pb.PredictResponse(
-            model=loaded.name,
-            version=loaded.version,
-            predictions=[
-                pb.Prediction(
-                    input=r.input,
-                    next=converters.char_probabilities(r.next),
-                    continuation=r.continuation,
-                    continuation_probabilities=r.probabilities,
-                )
-                for r in results
-            ],
-        )
+        response = pb.PredictResponse(model=loaded.name, version=loaded.version)
+        for r in results:  # built in place (see converters.add_char_probabilities)
+            prediction = response.predictions.add(input=r.input, continuation=r.continuation)
+            converters.add_char_probabilities(prediction.next, r.next)
+            prediction.continuation_probabilities.extend(r.probabilities)
+        return response
 
     # -- Stream ------------------------------------------------------------------------------
 
@@ -261,5 +254,6 @@ class InferenceRpcs:
 
     @staticmethod
     def _prediction(position: int, top: list[tuple[str, float]]) -> pb.StreamResponse:
-        return pb.StreamResponse(prediction=pb.NextChars(
-            position=position, next=converters.char_probabilities(top)))
+        response = pb.StreamResponse(prediction=pb.NextChars(position=position))
+        converters.add_char_probabilities(response.prediction.next, top)
+        return response

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from serving_helpers import ref, train_tiny
@@ -94,10 +96,13 @@ def test_model_ref_selects_the_version(stub, selector, expected):
     assert reply.version == expected
 
 
-def test_a_new_version_is_served_without_a_restart(stub, store_dir):
+def test_a_new_version_is_served_without_a_restart(server, stub, store_dir):
     assert stub.Predict(pb.PredictRequest(model=ref(), inputs=["t"])).version == 2
     model, _, meta = train_tiny(steps=5, seed=7)
     assert LocalStore(store_dir).save("tiny", model.state_dict(), meta) == 3
+    # Another tool's save is seen within --local-refresh-ms of the last look (20 ms): five
+    # training steps can take less than that since the request above.
+    time.sleep(server.config.local_refresh_ms / 1000)
     assert stub.Predict(pb.PredictRequest(model=ref(), inputs=["t"])).version == 3
 
 

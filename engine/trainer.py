@@ -125,9 +125,10 @@ class Trainer:
         else:
             layouts = [(check_int("workers", workers, 1, 256), 1)]
         self.layouts = LayoutChooser(layouts)  # which layout each step uses (parallelism.py)
-        # The default layouts run their shards in worker processes (shard_processes.py),
-        # started at the first sharded step; an explicit ``workers`` keeps them in threads.
-        self._use_processes = workers is None
+        # The default layout runs its shards after the first in worker processes
+        # (shard_processes.py), started at the first step; an explicit ``workers`` keeps them
+        # in threads, and one shard needs none.
+        self._use_processes = workers is None and layouts[0][0] > 1
         self._processes: ShardProcesses | None = None
         # The latest step's layout: worker threads, and BLAS threads per worker.
         self.workers, self.blas_threads = layouts[0]
@@ -257,11 +258,9 @@ class Trainer:
 
     def _start_processes(self) -> None:
         """Start the worker processes for the shards of the default layout (one fewer than
-        its shards; none for one shard). Where they cannot start, the shards run in threads
-        and the layouts are the threads' ones (``default_parallelism``)."""
+        its shards). Where they cannot start, the shards run in threads and the layouts are
+        the threads' ones (``default_parallelism``)."""
         workers = self.layouts.layouts[0][0]
-        if workers < 2:
-            return
         c = self.model.config
         try:
             self._processes = ShardProcesses(

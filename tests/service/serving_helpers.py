@@ -58,6 +58,12 @@ def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "conditi
         time.sleep(0.02)
 
 
+def wait_out_local_refresh(running: RunningServer) -> None:
+    """Sleep ``--local-refresh-ms``: a version another tool saved beside a server on its own
+    store is served within that time of the server's last look, not necessarily at once."""
+    time.sleep(running.config.local_refresh_ms / 1000)
+
+
 def scrape(running: RunningServer) -> dict[str, float]:
     """The server's /metrics over HTTP, as {sample line name with labels: value}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5) as r:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from serving_helpers import train_tiny, wait_for
+from serving_helpers import train_tiny, wait_for, wait_out_local_refresh
 
 from charlstm.service.store import LocalStore
 from charlstm.v1 import charlstm_pb2 as pb
@@ -76,7 +76,5 @@ def test_a_store_of_its_own_is_read_on_every_request(server, stub, store_dir: Pa
     assert _version(stub) == 2
     model, _, meta = train_tiny(steps=5, seed=7)
     assert LocalStore(store_dir).save("tiny", model.state_dict(), meta) == 3
-    # Another tool's save is seen within --local-refresh-ms of the last look (20 ms): five
-    # training steps can take less than that since the request above.
-    time.sleep(server.config.local_refresh_ms / 1000)
+    wait_out_local_refresh(server)  # five training steps can take less than its 20 ms
     assert _version(stub) == 3

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-from serving_helpers import ref, train_tiny
+from serving_helpers import ref, train_tiny, wait_out_local_refresh
 
 from charlstm.engine import CharLSTM, ModelConfig, SamplingOptions, Vocab, generate, top_chars
 from charlstm.service import converters
@@ -100,9 +98,7 @@ def test_a_new_version_is_served_without_a_restart(server, stub, store_dir):
     assert stub.Predict(pb.PredictRequest(model=ref(), inputs=["t"])).version == 2
     model, _, meta = train_tiny(steps=5, seed=7)
     assert LocalStore(store_dir).save("tiny", model.state_dict(), meta) == 3
-    # Another tool's save is seen within --local-refresh-ms of the last look (20 ms): five
-    # training steps can take less than that since the request above.
-    time.sleep(server.config.local_refresh_ms / 1000)
+    wait_out_local_refresh(server)  # five training steps can take less than its 20 ms
     assert stub.Predict(pb.PredictRequest(model=ref(), inputs=["t"])).version == 3
 
 

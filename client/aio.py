@@ -40,6 +40,7 @@ from charlstm.client.channel import (
 from charlstm.client.errors import (
     CharLstmError,
     DeadlineExceededError,
+    UnavailableError,
     error_for_code,
     from_rpc_error,
 )
@@ -83,6 +84,26 @@ async def _read(call: Any, timeout: float | None, what: str) -> Any:
     except grpc.RpcError as error:
         raise from_rpc_error(error) from error
     return None if message is grpc.aio.EOF else message
+
+
+# What grpc.aio reports, as INTERNAL, when a message cannot be sent because the call has
+# already died in the transport (the server went away): a status made up on this side, not
+# one the server sent. Which error a lost server gives, this or the call's own UNAVAILABLE,
+# depends on which side of the loss the write lands (about 1 in 20 in the replica tests).
+_SEND_FAILED_LOCALLY = "Internal error from Core"
+
+
+async def _write(call: Any, request: Any) -> None:
+    """Sends one message on a streaming call; errors as CharLstmError. A message that could
+    not leave this process is UNAVAILABLE: the connection is lost, so a session that may be
+    reopened is (the server never saw the message, so sending it again is safe)."""
+    try:
+        await call.write(request)
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.INTERNAL and error.details() == _SEND_FAILED_LOCALLY:
+            raise UnavailableError(
+                "the connection to the server was lost: the request could not be sent") from error
+        raise from_rpc_error(error) from error
 
 
 class AsyncTrainEventStream:
@@ -199,14 +220,11 @@ class AsyncStreamSession(SessionProtocol):
         self._closed = False
         self._call = self._start()
         try:
-            await self._call.write(request)
+            await _write(self._call, request)
             self.info = self._on_opened(await self._read())
             if prefix:
                 await self._read_prediction()
                 self.transcript = prefix
-        except grpc.RpcError as error:
-            self._abort()
-            raise from_rpc_error(error) from error
         except BaseException:
             self._abort()
             raise
@@ -326,10 +344,10 @@ class AsyncStreamSession(SessionProtocol):
         while self._generating:  # finish an abandoned generation first
             await self._read_generation_reply()
         try:
-            await self._call.write(request)
-        except grpc.RpcError as error:
+            await _write(self._call, request)
+        except CharLstmError:
             self._abort()
-            raise from_rpc_error(error) from error
+            raise
         except asyncio.InvalidStateError:
             # The call has already ended: report how (UNAVAILABLE lets a session be reopened).
             code, details = await self._call.code(), await self._call.details()
@@ -357,7 +375,7 @@ class AsyncStreamSession(SessionProtocol):
                 return []
             assert self._generate_request is not None
             self._generate_request.generate.length = self._remaining
-            await self._call.write(self._generate_request)  # the rest, from the rebuilt state
+            await _write(self._call, self._generate_request)  # the rest, from the rebuilt state
             self._generating = True
             return []
         self._remaining -= len(generated)

@@ -27,6 +27,9 @@ its gradients are dW_x = Eᵀ S, db = Σ_v S[v], dE = S W_xᵀ (no (T·B, E)-siz
 
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 
 
@@ -425,6 +428,64 @@ def run_layers(
 
 _STEP_SCALES: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
 
+# A per-character product with a few rows (a few streams stepping together) is either one
+# GEMM or one GEMV per row, whichever is faster here. OpenBLAS's GEMM repacks the whole weight
+# matrix on every call, so with 2-7 rows it can cost 2-3x as much as the GEMVs, or less: that
+# depends on the kernel OpenBLAS picked for the CPU and on the shape (a (B, 256) x (256, 1024)
+# product at B = 2, 3, 5: 73, 105, 95 us as one GEMM and 28, 41, 67 us as GEMVs with the
+# Haswell kernel; 26, 57, 140 us as one GEMM with the SkylakeX one; at (128, 512) the GEMVs
+# lost with the latter). So each product shape is timed both ways once, at its first small
+# batch, and goes the faster way from then on.
+SMALL_BATCHES = range(2, 8)
+_ROW_BY_ROW: dict[tuple[int, int, str], frozenset[int]] = {}  # (K, N, dtype) -> batch sizes
+
+
+def _best_seconds(run, repeat: int = 5) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _rows(x: np.ndarray, W: np.ndarray, out: np.ndarray) -> np.ndarray:
+    for i in range(x.shape[0]):
+        np.dot(x[i], W, out=out[i])
+    return out
+
+
+def _row_by_row_sizes(W: np.ndarray) -> frozenset[int]:
+    """The batch sizes in SMALL_BATCHES at which a product with ``W`` is clearly faster row by
+    row here: best of 5 each way (the least disturbed by other threads), by 10% at least (near
+    even, a whole step came out either way)."""
+    x = np.random.default_rng(0).standard_normal((SMALL_BATCHES[-1], W.shape[0])).astype(W.dtype)
+    out = np.empty((x.shape[0], W.shape[1]), W.dtype)
+    faster = set()
+    for B in SMALL_BATCHES:
+        xb, ob = x[:B], out[:B]
+        if _best_seconds(lambda: _rows(xb, W, ob)) < 0.9 * _best_seconds(lambda: np.dot(xb, W, out=ob)):
+            faster.add(B)
+    return frozenset(faster)
+
+
+def step_product(x: np.ndarray, W: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = x W for the per-character path: x (B, K), W (K, N), out (B, N) C-contiguous.
+
+    ``np.dot`` releases the GIL inside BLAS (a server's other threads run meanwhile). A few
+    rows go row by row where that was measured faster (see SMALL_BATCHES); each row then gets
+    exactly the numbers it would get alone.
+    """
+    B = x.shape[0]
+    if B in SMALL_BATCHES:
+        key = (W.shape[0], W.shape[1], W.dtype.str)
+        sizes = _ROW_BY_ROW.get(key)
+        if sizes is None:  # once per shape; two threads racing here just both measure it
+            sizes = _ROW_BY_ROW[key] = _row_by_row_sizes(W)
+        if B in sizes:
+            return _rows(x, W, out)
+    return np.dot(x, W, out=out)
+
 
 def step_layers(
     w: Params, ids: np.ndarray, h0: np.ndarray, c0: np.ndarray
@@ -435,9 +496,9 @@ def step_layers(
     The same equations as :func:`run_layers` with T = 1, written for the per-character
     serving path: no window buffers, every temporary written in place, so a batch-1 step is
     a few dozen small NumPy calls (their fixed cost, not the arithmetic, is most of its time).
-    The products go through ``np.dot``, which releases the GIL inside BLAS where ``matmul``
-    of these shapes holds it (the same gemv/gemm call, so the same bits): a server's other
-    threads run meanwhile.
+    The products are :func:`step_product`: ``np.dot``, which releases the GIL inside BLAS
+    where ``matmul`` of these shapes holds it (the same gemv/gemm call, so the same bits), and
+    row by row for a few rows where that is faster.
     """
     L, H = w.L, w.H
     B = ids.shape[0]
@@ -454,9 +515,9 @@ def step_layers(
     ig = np.empty((B, H), dt)
     x = w.E[ids]  # (B, E)
     for k in range(L):
-        np.dot(x, w.W_x[k], out=z)
+        step_product(x, w.W_x[k], z)
         z += w.b_x[k] + w.b_h[k]  # the same order of additions as run_layers: equal results
-        np.dot(h0[k], w.W_h[k], out=zh)
+        step_product(h0[k], w.W_h[k], zh)
         z += zh
         gate_activations_(z, half, shift)  # [i f o g]
         ck, hk = c[k], h[k]

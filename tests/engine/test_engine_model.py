@@ -148,10 +148,32 @@ def test_lstm_state_helpers():
         LSTMState.concat([])
 
 
-def test_step_is_bit_for_bit_the_matmul_equations(rng):
-    """step's products release the GIL (np.dot); the numbers are exactly those of the same
-    equations written with matmul (the serving path's generated text must not change)."""
+class _Plan(dict):
+    """Stands in for ``lstm._ROW_BY_ROW``: every product shape goes row by row at the batch
+    sizes ``rows`` (none: always one GEMM), without timing anything."""
+
+    def __init__(self, rows: frozenset[int]):
+        super().__init__()
+        self.rows = rows
+
+    def get(self, key, default=None):
+        return self.rows
+
+
+@pytest.mark.parametrize("row_by_row", [False, True], ids=["one-product", "row-by-row"])
+def test_step_is_bit_for_bit_the_matmul_equations(rng, monkeypatch, row_by_row):
+    """step's products release the GIL (np.dot) and go row by row for a few rows where that is
+    faster; the numbers are exactly those of the same equations written with matmul, per row
+    or for the whole batch (the serving path's generated text must not change)."""
     from charlstm.engine import lstm
+
+    rows = frozenset(lstm.SMALL_BATCHES) if row_by_row else frozenset()
+    monkeypatch.setattr(lstm, "_ROW_BY_ROW", _Plan(rows))
+
+    def product(a, W):
+        if a.shape[0] in rows:
+            return np.stack([np.matmul(r, W) for r in a])
+        return np.matmul(a, W)
 
     for dtype in ("float32", "float64"):
         config = ModelConfig(vocab_size=11, embedding_size=6, hidden_size=32, num_layers=2, dtype=dtype)
@@ -165,18 +187,62 @@ def test_step_is_bit_for_bit_the_matmul_equations(rng):
             x, hs, cs = w.E[ids], [], []
             half = lstm.gate_scales(32, np.dtype(dtype))
             for k in range(2):
-                z = np.matmul(x, w.W_x[k]) + (w.b_x[k] + w.b_h[k])
-                z += np.matmul(h0[k], w.W_h[k])
+                z = product(x, w.W_x[k]) + (w.b_x[k] + w.b_h[k])
+                z += product(h0[k], w.W_h[k])
                 lstm.gate_activations_(z, half, 1.0 - half)
                 c = z[:, 32:64] * c0[k] + z[:, :32] * z[:, 96:]
                 x = np.tanh(c) * z[:, 64:96]
                 hs.append(x)
                 cs.append(c)
-            logits = (x @ w.W_y + w.b_y).astype(np.float64)
+            logits = (product(x, w.W_y) + w.b_y).astype(np.float64)
             e = np.exp(logits - logits.max(axis=1, keepdims=True))
             np.testing.assert_array_equal(state.h, np.stack(hs))
             np.testing.assert_array_equal(state.c, np.stack(cs))
             np.testing.assert_array_equal(probs, e / e.sum(axis=1, keepdims=True))
+
+
+def test_a_few_streams_stepped_row_by_row_get_exactly_their_numbers_alone(rng, monkeypatch):
+    from charlstm.engine import lstm
+
+    monkeypatch.setattr(lstm, "_ROW_BY_ROW", _Plan(frozenset(lstm.SMALL_BATCHES)))
+    # H=64: as one GEMM, the rows' numbers differ from their GEMVs' in the last bits
+    model = CharLSTM(ModelConfig(vocab_size=11, embedding_size=6, hidden_size=64, num_layers=2), seed=4)
+    B = 3
+    state, singles = model.zero_state(B), [model.zero_state(1) for _ in range(B)]
+    for _ in range(4):
+        ids = rng.integers(0, 11, B)
+        probs, state = model.step(ids, state)
+        for b in range(B):
+            p, singles[b] = model.step(ids[b:b + 1], singles[b])
+            np.testing.assert_array_equal(p[0], probs[b])
+    np.testing.assert_array_equal(LSTMState.concat(singles).c, state.c)
+
+
+def test_each_product_shape_is_timed_once_and_only_for_a_few_rows(monkeypatch):
+    """Which way a few rows multiply is measured at the first small batch, once per weight
+    shape; one row (a GEMV anyway) and many rows (one GEMM) never measure."""
+    from charlstm.engine import lstm
+
+    measured = []
+    real = lstm._row_by_row_sizes
+
+    def counting(W):
+        measured.append(W.shape)
+        return real(W)
+
+    monkeypatch.setattr(lstm, "_ROW_BY_ROW", {})
+    monkeypatch.setattr(lstm, "_row_by_row_sizes", counting)
+    config = ModelConfig(vocab_size=11, embedding_size=6, hidden_size=16, num_layers=2)
+    model = CharLSTM(config, seed=4)
+    for B in (1, 40):
+        model.step(np.zeros(B, dtype=int), model.zero_state(B))
+    assert measured == []
+    for _ in range(2):
+        model.step(np.arange(3), model.zero_state(3))
+        model.step(np.arange(5), model.zero_state(5))
+    # W_x of layer 0 (6, 64), W_x of layer 1 and both W_h (16, 64), W_y (16, 11)
+    assert sorted(measured) == [(6, 64), (16, 11), (16, 64)]
+    assert all(sizes <= frozenset(lstm.SMALL_BATCHES) for sizes in lstm._ROW_BY_ROW.values())
 
 
 def test_from_state_dict_skips_the_random_initialisation(monkeypatch):

@@ -143,7 +143,7 @@ def layer_forward(
     for t in range(T):
         z = A[t]  # (B, 4H)
         if W_hT is None:
-            np.matmul(Hs[t], W_h, out=zh)
+            step_product(Hs[t], W_h, zh)  # inference (run_layers): a few rows may go row by row
             z += zh
         else:
             np.matmul(W_hT, Hs[t].T, out=zhT)
@@ -464,7 +464,8 @@ def _row_by_row_sizes(W: np.ndarray) -> frozenset[int]:
     faster = set()
     for B in SMALL_BATCHES:
         xb, ob = x[:B], out[:B]
-        if _best_seconds(lambda: _rows(xb, W, ob)) < 0.9 * _best_seconds(lambda: np.dot(xb, W, out=ob)):
+        gemm = _best_seconds(lambda: np.dot(xb, W, out=ob))
+        if _best_seconds(lambda: _rows(xb, W, ob)) < 0.9 * gemm:
             faster.add(B)
     return frozenset(faster)
 

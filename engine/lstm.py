@@ -143,7 +143,7 @@ def layer_forward(
     for t in range(T):
         z = A[t]  # (B, 4H)
         if W_hT is None:
-            step_product(Hs[t], W_h, zh)  # inference (run_layers): a few rows may go row by row
+            inference_product(Hs[t], W_h, zh)  # run_layers (inference)
             z += zh
         else:
             np.matmul(W_hT, Hs[t].T, out=zhT)
@@ -415,7 +415,8 @@ def run_layers(
     C = np.empty((T + 1, B, H), dt)
     TC = np.empty((T, B, H), dt)
     for k in range(L):
-        np.matmul(x.reshape(N, -1), w.W_x[k], out=A.reshape(N, 4 * H))
+        # one product for the window (row by row when a short text makes it a few rows)
+        inference_product(x.reshape(N, -1), w.W_x[k], A.reshape(N, 4 * H))
         A += w.b_x[k] + w.b_h[k]
         Hs[0] = h0[k]
         C[0] = c0[k]
@@ -470,8 +471,9 @@ def _row_by_row_sizes(W: np.ndarray) -> frozenset[int]:
     return frozenset(faster)
 
 
-def step_product(x: np.ndarray, W: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = x W for the per-character path: x (B, K), W (K, N), out (B, N) C-contiguous.
+def inference_product(x: np.ndarray, W: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = x W for inference (``step_layers``, ``run_layers``): x (B, K), W (K, N), out (B, N)
+    C-contiguous.
 
     ``np.dot`` releases the GIL inside BLAS (a server's other threads run meanwhile). A few
     rows go row by row where that was measured faster (see SMALL_BATCHES); each row then gets
@@ -497,9 +499,9 @@ def step_layers(
     The same equations as :func:`run_layers` with T = 1, written for the per-character
     serving path: no window buffers, every temporary written in place, so a batch-1 step is
     a few dozen small NumPy calls (their fixed cost, not the arithmetic, is most of its time).
-    The products are :func:`step_product`: ``np.dot``, which releases the GIL inside BLAS
-    where ``matmul`` of these shapes holds it (the same gemv/gemm call, so the same bits), and
-    row by row for a few rows where that is faster.
+    The products are :func:`inference_product`: ``np.dot``, which releases the GIL inside
+    BLAS where ``matmul`` of these shapes holds it (the same gemv/gemm call, so the same
+    bits), and row by row for a few rows where that is faster.
     """
     L, H = w.L, w.H
     B = ids.shape[0]
@@ -516,9 +518,9 @@ def step_layers(
     ig = np.empty((B, H), dt)
     x = w.E[ids]  # (B, E)
     for k in range(L):
-        step_product(x, w.W_x[k], z)
+        inference_product(x, w.W_x[k], z)
         z += w.b_x[k] + w.b_h[k]  # the same order of additions as run_layers: equal results
-        step_product(h0[k], w.W_h[k], zh)
+        inference_product(h0[k], w.W_h[k], zh)
         z += zh
         gate_activations_(z, half, shift)  # [i f o g]
         ck, hk = c[k], h[k]

@@ -325,8 +325,8 @@ class CharLSTM:
         state = self._check_state(state, ids.shape[0])
         w = self.params
         y, h, c = lstm.step_layers(w, ids, state.h.astype(self.dtype, copy=False), state.c.astype(self.dtype, copy=False))
-        # lstm.logits through step_product: the same equation, without holding the GIL.
-        z = lstm.step_product(y, w.W_y, np.empty((y.shape[0], w.W_y.shape[1]), self.dtype))
+        # lstm.logits through inference_product: the same equation, without holding the GIL.
+        z = lstm.inference_product(y, w.W_y, np.empty((y.shape[0], w.W_y.shape[1]), self.dtype))
         z += w.b_y
         return _softmax(z.astype(np.float64)), LSTMState(h, c)
 

@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from .blas import single_threaded
+
 
 # ---------------------------------------------------------------------------------------------
 # Parameters: named views into one flat vector, so that the optimiser, clipping and
@@ -459,15 +461,17 @@ def _rows(x: np.ndarray, W: np.ndarray, out: np.ndarray) -> np.ndarray:
 def _row_by_row_sizes(W: np.ndarray) -> frozenset[int]:
     """The batch sizes in SMALL_BATCHES at which a product with ``W`` is clearly faster row by
     row here: best of 5 each way (the least disturbed by other threads), by 10% at least (near
-    even, a whole step came out either way)."""
+    even, a whole step came out either way). Timed with single-threaded BLAS, as the server
+    and validation run these products."""
     x = np.random.default_rng(0).standard_normal((SMALL_BATCHES[-1], W.shape[0])).astype(W.dtype)
     out = np.empty((x.shape[0], W.shape[1]), W.dtype)
     faster = set()
-    for B in SMALL_BATCHES:
-        xb, ob = x[:B], out[:B]
-        gemm = _best_seconds(lambda: np.dot(xb, W, out=ob))
-        if _best_seconds(lambda: _rows(xb, W, ob)) < 0.9 * gemm:
-            faster.add(B)
+    with single_threaded():
+        for B in SMALL_BATCHES:
+            xb, ob = x[:B], out[:B]
+            gemm = _best_seconds(lambda: np.dot(xb, W, out=ob))
+            if _best_seconds(lambda: _rows(xb, W, ob)) < 0.9 * gemm:
+                faster.add(B)
     return frozenset(faster)
 
 

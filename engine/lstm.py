@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -92,25 +93,76 @@ class Params:
 # One layer.
 
 
-def gate_scales(H: int, dtype) -> np.ndarray:
-    """(4H,): ½ on the sigmoid gates [i f o], 1 on g, so that with σ(z) = ½ + ½·tanh(z/2)
-    one tanh call covers all four gates (and, unlike exp, cannot overflow)."""
-    half = np.ones(4 * H, dtype=dtype)
-    half[: 3 * H] = 0.5
-    return half
+class GateConstants(NamedTuple):
+    """Per-column constants (4H,) of the gate activations for one H and dtype (see
+    :func:`gate_activations_`), never written."""
+
+    half: np.ndarray  # ½ on [i f o], 1 on g: the tanh form's scale
+    shift: np.ndarray  # ½ on [i f o], 0 on g
+    neg: np.ndarray  # -1 on [i f o], -2 on g: the exp form's scale
+    mul: np.ndarray  # 1 on [i f o], 2 on g
+    add: np.ndarray  # 0 on [i f o], -1 on g
+
+    def scale(self, rows: int) -> np.ndarray:
+        """The column scale that :func:`gate_activations_` applies first to ``rows`` rows:
+        what a caller folds into its weights to pass ``prescaled=True``."""
+        return self.neg if rows * self.neg.shape[0] >= EXP_FORM_MIN_SIZE else self.half
 
 
-def gate_activations_(z: np.ndarray, half: np.ndarray, shift: np.ndarray) -> None:
-    """In place: pre-activations z = [i f o | g] (B, 4H) -> σ on i, f, o and tanh on g.
+_GATE_CONSTANTS: dict[tuple[int, str], GateConstants] = {}
 
-    half: :func:`gate_scales`; shift: 1 - half (½ on i, f, o; 0 on g). Every operation is on
-    the whole contiguous row block (a strided 3H-column slice is several times slower to
-    operate on than the full 4H), with the per-gate constants as broadcast rows.
+# From this many elements of z (B x 4H) on, the gates go through exp rather than tanh. Where
+# NumPy's float32 exp and tanh are not vectorised (the AVX2 machine these were measured on:
+# about 2.5 and 4 ns an element, against 0.2 for a multiply), the exp form's two extra passes
+# pay for themselves: 1.3-1.6x faster at B=16 and 64 (H=128-512), level at 3 x 1024, and 15%
+# slower at 1 x 1024, where each NumPy call's fixed cost dominates. A fixed size, not a timing,
+# so that every process (shard workers, replicas) takes the same form for the same shapes.
+EXP_FORM_MIN_SIZE = 4096
+
+
+def gate_constants(H: int, dtype) -> GateConstants:
+    """The :class:`GateConstants` of (H, dtype), made once."""
+    dt = np.dtype(dtype)
+    found = _GATE_CONSTANTS.get((H, dt.str))
+    if found is None:
+        ifo, g = slice(None, 3 * H), slice(3 * H, None)
+        half, shift = np.ones(4 * H, dt), np.zeros(4 * H, dt)
+        half[ifo] = shift[ifo] = 0.5
+        neg, mul, add = -np.ones(4 * H, dt), np.ones(4 * H, dt), np.zeros(4 * H, dt)
+        neg[g], mul[g], add[g] = -2.0, 2.0, -1.0
+        found = _GATE_CONSTANTS[(H, dt.str)] = GateConstants(half, shift, neg, mul, add)
+    return found
+
+
+def gate_activations_(z: np.ndarray, gates: GateConstants, prescaled: bool = False) -> None:
+    """In place: pre-activations z = [i f o | g] (B, 4H) -> σ on i, f, o and tanh on g, with
+    one transcendental call for all four gates, in one of two forms (see EXP_FORM_MIN_SIZE):
+
+    - tanh form: σ(x) = ½ + ½·tanh(x/2);
+    - exp form: σ(x) = 1 / (1 + e^-x) and tanh(x) = 2σ(2x) - 1. e^-x is inf for x below
+      about -88 in float32, and σ = 1 / (1 + inf) = 0 is then the right value: that overflow
+      is not an error here.
+
+    Every operation is on the whole contiguous row block (a strided 3H-column slice is several
+    times slower to operate on than the full 4H), with the per-gate constants as broadcast rows.
+    prescaled: z arrives already multiplied by ``gates.scale(B)`` (the training path folds it
+    into its weight copies: exact, as ½, -1 and -2 are powers of two), saving one pass.
     """
-    z *= half  # [z_ifo/2, z_g]
-    np.tanh(z, out=z)
-    z *= half
-    z += shift  # [σ(z_ifo), tanh(z_g)]
+    if z.size >= EXP_FORM_MIN_SIZE:
+        if not prescaled:
+            z *= gates.neg  # [-z_ifo, -2 z_g]
+        with np.errstate(over="ignore"):
+            np.exp(z, out=z)
+        z += 1.0
+        np.divide(1.0, z, out=z)  # [σ(z_ifo), σ(2 z_g)]
+        z *= gates.mul
+        z += gates.add
+    else:
+        if not prescaled:
+            z *= gates.half  # [z_ifo/2, z_g]
+        np.tanh(z, out=z)
+        z *= gates.half
+        z += gates.shift  # [σ(z_ifo), tanh(z_g)]
 
 
 def layer_forward(
@@ -132,13 +184,12 @@ def layer_forward(
     W_hT (4H, H): optional C-contiguous W_hᵀ. With it the recurrent product is computed as
         (W_hᵀ h_{t-1}ᵀ)ᵀ, which OpenBLAS runs up to 1.5x faster than h_{t-1} W_h for small B.
     scaled: A and W_hT (or W_h) arrive already multiplied, column by column, by
-        :func:`gate_scales` (the training path folds the ½ into its weight copies: exact, as
-        ½ is a power of two), which saves one pass over z per timestep.
+        ``gate_constants(H, dtype).scale(B)`` (see :func:`gate_activations_`), which saves one
+        pass over z per timestep.
     """
     T, B, H4 = A.shape
     H = H4 // 4
-    half = gate_scales(H, A.dtype)
-    shift = 1.0 - half
+    gates = gate_constants(H, A.dtype)
     zh = np.empty((B, H4), dtype=A.dtype)  # h_{t-1} W_h
     zhT = np.empty((H4, B), dtype=A.dtype)
     ig = np.empty((B, H), dtype=A.dtype)  # i ⊙ g
@@ -150,12 +201,7 @@ def layer_forward(
         else:
             np.matmul(W_hT, Hs[t].T, out=zhT)
             z += zhT.T
-        if scaled:
-            np.tanh(z, out=z)
-            z *= half
-            z += shift  # [σ(z_ifo), tanh(z_g)]
-        else:
-            gate_activations_(z, half, shift)
+        gate_activations_(z, gates, prescaled=scaled)
         i, f, o, g = z[:, :H], z[:, H : 2 * H], z[:, 2 * H : 3 * H], z[:, 3 * H :]
         np.multiply(f, C[t], out=C[t + 1])
         np.multiply(i, g, out=ig)
@@ -296,26 +342,26 @@ class Window:
         N = T * B
         self.ids, self.targets, self.masks = ids, targets, masks
         x = None
-        # The pre-activations are produced already multiplied by the gate scales (½ on i, f, o:
-        # σ(z) = ½ + ½·tanh(z/2)), by scaling the small weight copies rather than every z_t.
-        half = gate_scales(H, self.EW.dtype)
+        # The pre-activations are produced already multiplied by the gates' first scale (see
+        # gate_activations_), by scaling the small weight copies rather than every z_t.
+        pre = gate_constants(H, self.EW.dtype).scale(B)
         for k in range(L):
             A = self.A[k]
-            bias = (w.b_x[k] + w.b_h[k]) * half
+            bias = (w.b_x[k] + w.b_h[k]) * pre
             if k == 0:
                 # x_t W_x + b with x_t = E[id_t] is row id_t of E W_x + b: a (V, E) x (E, 4H)
                 # product and a gather instead of an (N, E) x (E, 4H) GEMM.
                 EW = self.EW
-                np.matmul(w.E, w.W_x[0] * half, out=EW)
+                np.matmul(w.E, w.W_x[0] * pre, out=EW)
                 EW += bias
                 np.take(EW, ids, axis=0, out=A, mode="clip")  # ids are checked; "raise" buffers the copy
             else:
-                np.matmul(x.reshape(N, -1), w.W_x[k] * half, out=A.reshape(N, 4 * H))  # one GEMM per window
+                np.matmul(x.reshape(N, -1), w.W_x[k] * pre, out=A.reshape(N, 4 * H))  # one GEMM per window
                 A += bias
             self.Hs[k][0] = h0[k]
             self.C[k][0] = c0[k]
-            W_hT_half = W_hT[k] * half[:, None]  # (4H, H), rows scaled
-            layer_forward(A, w.W_h[k], self.Hs[k], self.C[k], self.TC[k], W_hT_half, scaled=True)
+            W_hT_pre = W_hT[k] * pre[:, None]  # (4H, H), rows scaled
+            layer_forward(A, w.W_h[k], self.Hs[k], self.C[k], self.TC[k], W_hT_pre, scaled=True)
             if masks is None:
                 x = self.Hs[k][1:]  # (T, B, H)
             else:
@@ -429,8 +475,6 @@ def run_layers(
     return x, h_T, c_T
 
 
-_STEP_SCALES: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
-
 # A per-character product with a few rows (a few streams stepping together) is either one
 # GEMM or one GEMV per row, whichever is faster here. OpenBLAS's GEMM repacks the whole weight
 # matrix on every call, so with 2-7 rows it can cost 2-3x as much as the GEMVs, or less: that
@@ -512,11 +556,7 @@ def step_layers(
     dt = w.flat.dtype
     h = np.empty((L, B, H), dt)
     c = np.empty((L, B, H), dt)
-    scales = _STEP_SCALES.get((H, dt.str))
-    if scales is None:  # constants of (H, dtype): made once, never written
-        half = gate_scales(H, dt)
-        scales = _STEP_SCALES[(H, dt.str)] = (half, 1.0 - half)
-    half, shift = scales
+    gates = gate_constants(H, dt)
     z = np.empty((B, 4 * H), dt)
     zh = np.empty((B, 4 * H), dt)
     ig = np.empty((B, H), dt)
@@ -526,7 +566,7 @@ def step_layers(
         z += w.b_x[k] + w.b_h[k]  # the same order of additions as run_layers: equal results
         inference_product(h0[k], w.W_h[k], zh)
         z += zh
-        gate_activations_(z, half, shift)  # [i f o g]
+        gate_activations_(z, gates)  # [i f o g]
         ck, hk = c[k], h[k]
         np.multiply(z[:, H : 2 * H], c0[k], out=ck)
         np.multiply(z[:, :H], z[:, 3 * H :], out=ig)

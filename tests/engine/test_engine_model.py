@@ -83,9 +83,11 @@ def test_load_state_dict_refuses_bad_tensors_and_leaves_the_model_unchanged():
         np.testing.assert_array_equal(value, good[name])
 
 
-def test_batched_step_equals_per_stream_steps(rng):
+# 128 streams: a batch above lstm.EXP_FORM_MIN_SIZE, whose gates take the other form than a
+# stream's alone
+@pytest.mark.parametrize("B", [5, 128])
+def test_batched_step_equals_per_stream_steps(rng, B):
     model = CharLSTM(CONFIG, seed=2)
-    B = 5
     state = model.zero_state(B)
     singles = [model.zero_state(1) for _ in range(B)]
     for _ in range(6):
@@ -99,6 +101,38 @@ def test_batched_step_equals_per_stream_steps(rng):
     joined = LSTMState.concat(singles)
     np.testing.assert_allclose(joined.h, state.h, atol=1e-12)
     np.testing.assert_allclose(state.select(2).c, singles[2].c, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows", [1, 64], ids=["tanh-form", "exp-form"])
+def test_gate_activations_are_sigmoid_and_tanh_in_either_form(rows, dtype):
+    """σ on [i f o] and tanh on g to a few ulps, the limits exact and no overflow warning
+    (the exp form's e^-x is inf for large negative x, on purpose); prescaled weights give
+    the same numbers."""
+    import warnings
+
+    from charlstm.engine import lstm
+
+    H = 32
+    gates = lstm.gate_constants(H, dtype)
+    assert (rows * 4 * H >= lstm.EXP_FORM_MIN_SIZE) == (rows == 64)
+    z = np.random.default_rng(0).normal(scale=6.0, size=(rows, 4 * H)).astype(dtype)
+    extremes = [-1e4, -100.0, -90.0, -1e-8, 0.0, 1e-8, 90.0, 100.0, 1e4]
+    z[0, : len(extremes)] = extremes  # i
+    z[0, 3 * H: 3 * H + len(extremes)] = extremes  # g
+    x = z.astype(np.float64)
+    want = 0.5 + 0.5 * np.tanh(x / 2)  # σ, exact in float64 for any x
+    want[:, 3 * H:] = np.tanh(x[:, 3 * H:])
+    out = z.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lstm.gate_activations_(out, gates)
+        folded = z * gates.scale(rows)
+        lstm.gate_activations_(folded, gates, prescaled=True)
+    np.testing.assert_allclose(out, want, rtol=0, atol=8 * np.finfo(dtype).eps)
+    np.testing.assert_array_equal(out[0, [0, len(extremes) - 1]], [0.0, 1.0])
+    np.testing.assert_array_equal(out[0, [3 * H, 3 * H + len(extremes) - 1]], [-1.0, 1.0])
+    np.testing.assert_array_equal(folded, out)
 
 
 def test_feed_equals_stepping_one_character_at_a_time(rng):
@@ -185,11 +219,11 @@ def test_step_is_bit_for_bit_the_matmul_equations(rng, monkeypatch, row_by_row):
             ids = rng.integers(0, 11, B)
             probs, state = model.step(ids, LSTMState(h0, c0))
             x, hs, cs = w.E[ids], [], []
-            half = lstm.gate_scales(32, np.dtype(dtype))
+            gates = lstm.gate_constants(32, np.dtype(dtype))
             for k in range(2):
                 z = product(x, w.W_x[k]) + (w.b_x[k] + w.b_h[k])
                 z += product(h0[k], w.W_h[k])
-                lstm.gate_activations_(z, half, 1.0 - half)
+                lstm.gate_activations_(z, gates)
                 c = z[:, 32:64] * c0[k] + z[:, :32] * z[:, 96:]
                 x = np.tanh(c) * z[:, 64:96]
                 hs.append(x)

@@ -109,7 +109,7 @@ class GateConstants(NamedTuple):
         return self.neg if rows * self.neg.shape[0] >= EXP_FORM_MIN_SIZE else self.half
 
 
-_GATE_CONSTANTS: dict[tuple[int, str], GateConstants] = {}
+_GATE_CONSTANTS: dict[tuple[int, object], GateConstants] = {}
 
 # From this many elements of z (B x 4H) on, the gates go through exp rather than tanh. Where
 # NumPy's float32 exp and tanh are not vectorised (the AVX2 machine these were measured on:
@@ -122,15 +122,15 @@ EXP_FORM_MIN_SIZE = 4096
 
 def gate_constants(H: int, dtype) -> GateConstants:
     """The :class:`GateConstants` of (H, dtype), made once."""
-    dt = np.dtype(dtype)
-    found = _GATE_CONSTANTS.get((H, dt.str))
+    found = _GATE_CONSTANTS.get((H, dtype))  # once per step: no np.dtype() on the way
     if found is None:
+        dt = np.dtype(dtype)
         ifo, g = slice(None, 3 * H), slice(3 * H, None)
         half, shift = np.ones(4 * H, dt), np.zeros(4 * H, dt)
         half[ifo] = shift[ifo] = 0.5
         neg, mul, add = -np.ones(4 * H, dt), np.ones(4 * H, dt), np.zeros(4 * H, dt)
         neg[g], mul[g], add[g] = -2.0, 2.0, -1.0
-        found = _GATE_CONSTANTS[(H, dt.str)] = GateConstants(half, shift, neg, mul, add)
+        found = _GATE_CONSTANTS[(H, dtype)] = GateConstants(half, shift, neg, mul, add)
     return found
 
 
@@ -171,8 +171,7 @@ def layer_forward(
     Hs: np.ndarray,
     C: np.ndarray,
     TC: np.ndarray,
-    W_hT: np.ndarray | None = None,
-    scaled: bool = False,
+    training: bool = False,
 ) -> None:
     """Run one layer over a window, in place.
 
@@ -181,27 +180,25 @@ def layer_forward(
     Hs (T+1, B, H): Hs[0] = h_0 on entry; Hs[1:] receives h_1..h_T.
     C  (T+1, B, H): C[0] = c_0 on entry; C[1:] receives c_1..c_T.
     TC (T, B, H): receives tanh(c_t).
-    W_hT (4H, H): optional C-contiguous W_hᵀ. With it the recurrent product is computed as
-        (W_hᵀ h_{t-1}ᵀ)ᵀ, which OpenBLAS runs up to 1.5x faster than h_{t-1} W_h for small B.
-    scaled: A and W_hT (or W_h) arrive already multiplied, column by column, by
-        ``gate_constants(H, dtype).scale(B)`` (see :func:`gate_activations_`), which saves one
-        pass over z per timestep.
+    training: the training path. A and W_h arrive already multiplied, column by column, by
+        ``gate_constants(H, dtype).scale(B)`` (see :func:`gate_activations_`), which saves
+        one pass over z per timestep, and the recurrent product is always one ``np.dot``
+        (inference's :func:`inference_product` may go row by row for a few rows, a choice
+        timed in each process, and the shard workers must compute exactly what threads do).
     """
     T, B, H4 = A.shape
     H = H4 // 4
     gates = gate_constants(H, A.dtype)
     zh = np.empty((B, H4), dtype=A.dtype)  # h_{t-1} W_h
-    zhT = np.empty((H4, B), dtype=A.dtype)
     ig = np.empty((B, H), dtype=A.dtype)  # i ⊙ g
     for t in range(T):
         z = A[t]  # (B, 4H)
-        if W_hT is None:
-            inference_product(Hs[t], W_h, zh)  # run_layers (inference)
-            z += zh
+        if training:
+            np.dot(Hs[t], W_h, out=zh)
         else:
-            np.matmul(W_hT, Hs[t].T, out=zhT)
-            z += zhT.T
-        gate_activations_(z, gates, prescaled=scaled)
+            inference_product(Hs[t], W_h, zh)
+        z += zh
+        gate_activations_(z, gates, prescaled=training)
         i, f, o, g = z[:, :H], z[:, H : 2 * H], z[:, 2 * H : 3 * H], z[:, 3 * H :]
         np.multiply(f, C[t], out=C[t + 1])
         np.multiply(i, g, out=ig)
@@ -329,13 +326,11 @@ class Window:
         h0: np.ndarray,
         c0: np.ndarray,
         masks: list[np.ndarray] | None,
-        W_hT: list[np.ndarray],
     ) -> float:
         """Mean cross-entropy (nats/char) of predicting ``targets`` (T, B) from ``ids`` (T, B).
 
         h0, c0 (L, B, H): initial state. masks: None, or L inverted-dropout masks (T, B, H)
-        for the layer outputs. W_hT[k]: W_h[k]ᵀ, C-contiguous (4H, H). The final state is
-        :meth:`final_state`.
+        for the layer outputs. The final state is :meth:`final_state`.
         """
         T, B = self.shape
         L, H, V = self.L, self.H, self.V
@@ -360,8 +355,11 @@ class Window:
                 A += bias
             self.Hs[k][0] = h0[k]
             self.C[k][0] = c0[k]
-            W_hT_pre = W_hT[k] * pre[:, None]  # (4H, H), rows scaled
-            layer_forward(A, w.W_h[k], self.Hs[k], self.C[k], self.TC[k], W_hT_pre, scaled=True)
+            # h_{t-1} W_h, not (W_hᵀ h_{t-1}ᵀ)ᵀ as on the Intel machines (up to 1.5x faster there
+            # for small B): on these AMD ones the transposed product and its strided add were
+            # 1.02-1.08x slower a shard (interleaved A/B, 128x1 to 512x2).
+            W_h_pre = w.W_h[k] * pre  # (H, 4H), columns scaled
+            layer_forward(A, W_h_pre, self.Hs[k], self.C[k], self.TC[k], training=True)
             if masks is None:
                 x = self.Hs[k][1:]  # (T, B, H)
             else:

@@ -205,7 +205,7 @@ class CharLSTM:
         check_int("workers", workers, 1, 256)
         T, B = inputs.shape
         state = self.zero_state(B) if state is None else self._check_state(state, B)
-        W_hT = [np.ascontiguousarray(W.T) for W in self.params.W_h]  # (4H, H): faster GEMMs
+        W_hT = [np.ascontiguousarray(W.T) for W in self.params.W_h]  # (4H, H): backward's GEMMs
         shards = min(workers, B)
         bounds = [B * i // shards for i in range(shards + 1)]  # contiguous ranges of streams
         while len(self._grads) < (1 if processes is not None else shards):  # one per thread shard
@@ -224,7 +224,7 @@ class CharLSTM:
 
         def run(i: int) -> tuple[float, np.ndarray, np.ndarray]:
             window = self._window(T, bounds[i + 1] - bounds[i], i)
-            loss = window.forward(self.params, *shard(i), W_hT)
+            loss = window.forward(self.params, *shard(i))
             if need_grad:
                 window.backward(self.params, self._grads[i], W_hT)
             return (loss, *window.final_state())

@@ -207,10 +207,9 @@ def _serve(conn: Connection, path: str, shapes: tuple[int, int, int, int], dtype
             if window is None:
                 windows.clear()  # one shape at a time, as training uses
                 window = windows[(T, B)] = lstm.Window(*shapes, T, B, dt)
-            W_hT = [np.ascontiguousarray(W.T) for W in w.W_h]
-            loss = window.forward(w, inputs, targets, h0, c0, masks, W_hT)
+            loss = window.forward(w, inputs, targets, h0, c0, masks)
             if need_grad:
-                window.backward(w, g, W_hT)
+                window.backward(w, g, [np.ascontiguousarray(W.T) for W in w.W_h])
             reply = ("ok", (loss, *window.final_state()))
         except Exception:  # noqa: BLE001 - reported to the parent, which raises it
             reply = ("error", traceback.format_exc())

@@ -356,8 +356,8 @@ class Window:
             self.Hs[k][0] = h0[k]
             self.C[k][0] = c0[k]
             # h_{t-1} W_h, not (W_hᵀ h_{t-1}ᵀ)ᵀ as on the Intel machines (up to 1.5x faster there
-            # for small B): on these AMD ones the transposed product and its strided add were
-            # 1.02-1.08x slower a shard (interleaved A/B, 128x1 to 512x2).
+            # for small B): on these AMD ones the transposed product and its strided add took
+            # 0.99-1.09x as long a shard (interleaved A/B, 128x1 to 512x2, two runs).
             W_h_pre = w.W_h[k] * pre  # (H, 4H), columns scaled
             layer_forward(A, W_h_pre, self.Hs[k], self.C[k], self.TC[k], training=True)
             if masks is None:

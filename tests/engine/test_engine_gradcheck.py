@@ -37,8 +37,14 @@ def relative_errors(analytic: np.ndarray, numeric: np.ndarray) -> np.ndarray:
     return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-12)
 
 
+# The gate activations' two forms (lstm.gate_activations_): this small model takes the tanh
+# form by its size; a threshold of 0 makes every product go through exp instead.
+@pytest.mark.parametrize("exp_form_from", [None, 0], ids=["tanh-gates", "exp-gates"])
 @pytest.mark.parametrize("dropout", [False, True], ids=["no-dropout", "fixed-dropout-mask"])
-def test_every_gradient_matches_finite_differences(dropout: bool, rng):
+def test_every_gradient_matches_finite_differences(dropout: bool, exp_form_from, rng, monkeypatch):
+    if exp_form_from is not None:
+        monkeypatch.setattr(lstm, "EXP_FORM_MIN_SIZE", exp_form_from)
+    assert (B * 4 * H >= lstm.EXP_FORM_MIN_SIZE) == (exp_form_from is not None)
     model = CharLSTM(ModelConfig(vocab_size=V, embedding_size=E, hidden_size=H, num_layers=L,
                                  dropout=0.3 if dropout else 0.0, dtype="float64"), seed=3)
     inputs = rng.integers(0, V, (T, B))

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import lstm
 from .blas import single_threaded
 from .config import ConfigError, check_int
 from .distributed import Communicator, LocalCommunicator
 from .model import CharLSTM, default_workers, shared_pool
+from .shard_processes import ShardProcesses
 from .vocab import Vocab
 
 CHUNK = 256  # timesteps per forward call: bounds memory, keeps the GEMMs large
@@ -33,7 +35,7 @@ def default_streams(n: int) -> int:
 
 
 def mean_loss(model: CharLSTM, ids: np.ndarray, streams: int | None = None, workers: int | None = None,
-              comm: Communicator | None = None) -> float:
+              comm: Communicator | None = None, processes: ShardProcesses | None = None) -> float:
     """Mean nats/char of predicting ids[1:] from ids[:-1] (ids (N,), N >= 2).
 
     For speed the N-1 targets are cut into ``streams`` contiguous pieces scored side by side
@@ -42,7 +44,11 @@ def mean_loss(model: CharLSTM, ids: np.ndarray, streams: int | None = None, work
     BURN_IN characters before its piece (unscored) so that it starts with context, which
     makes the result match a single sequential pass closely rather than exactly.
     The streams are shared among ``workers`` threads (default: one per core, at most one per
-    16 streams), with single-threaded BLAS (see :mod:`blas`).
+    16 streams), with single-threaded BLAS (see :mod:`blas`). ``processes`` (a Trainer's
+    shard workers, loaded with nothing in particular: the parameters are copied in): where
+    the streams are shared among exactly ``processes.count + 1`` workers, the shares after the
+    first are scored in those processes instead of threads, with the same result bit for bit
+    and without the threads taking turns at the GIL for every NumPy call.
     With a communicator of several ranks (collective: every rank calls it with the same
     arguments), each rank scores its share of the streams and the sums are added up.
     """
@@ -67,42 +73,61 @@ def mean_loss(model: CharLSTM, ids: np.ndarray, streams: int | None = None, work
     B = inputs.shape[1]  # this rank's streams (0 when there are more ranks than streams)
     total = np.zeros(1)
     if B:
-        total[0] = _score_streams(model, inputs, targets, scored, fresh, burn, workers)
+        total[0] = _score_streams(model, inputs, targets, scored, fresh, burn, workers, processes)
     comm.allreduce_sum([total])
     return float(total[0]) / n
 
 
 def _score_streams(model: CharLSTM, inputs: np.ndarray, targets: np.ndarray, scored: np.ndarray,
-                   fresh: np.ndarray, burn: int, workers: int | None) -> float:
-    """Σ -log p over streams (T, B) shared among ``workers`` threads (see :func:`mean_loss`)."""
+                   fresh: np.ndarray, burn: int, workers: int | None,
+                   processes: ShardProcesses | None) -> float:
+    """Σ -log p over streams (T, B) shared among ``workers`` threads, or processes (see
+    :func:`mean_loss`)."""
     B = inputs.shape[1]
     if workers is None:
         workers = default_workers(B)
     workers = min(check_int("workers", workers, 1, 256), B)
     bounds = [B * i // workers for i in range(workers + 1)]
     parts = [np.s_[bounds[i] : bounds[i + 1]] for i in range(workers)]
+    w = model.params
+
+    def share(i: int) -> tuple:
+        p = parts[i]
+        return inputs[:, p], targets[:, p], scored[:, p], fresh[p], burn
+
     with single_threaded():
         if workers == 1:
-            totals = [_score(model, inputs, targets, scored, fresh, burn)]
+            return score(w, *share(0))
+        if processes is not None and processes.count == workers - 1:
+            np.copyto(processes.params.flat, w.flat)
+            for i in range(1, workers):
+                processes.submit_score(i - 1, *share(i))
+            totals = [score(w, *share(0))]
+            totals += [processes.result(i - 1) for i in range(1, workers)]
         else:
-            jobs = [shared_pool().submit(_score, model, inputs[:, p], targets[:, p], scored[:, p], fresh[p], burn) for p in parts[1:]]
-            totals = [_score(model, inputs[:, parts[0]], targets[:, parts[0]], scored[:, parts[0]], fresh[parts[0]], burn)]
-            totals += [job.result() for job in jobs]
+            jobs = [shared_pool().submit(score, w, *share(i)) for i in range(1, workers)]
+            totals = [score(w, *share(0))] + [job.result() for job in jobs]
     return sum(totals)
 
 
-def _score(model: CharLSTM, inputs: np.ndarray, targets: np.ndarray, scored: np.ndarray, fresh: np.ndarray, burn: int) -> float:
-    """Σ -log p(target) over the ``scored`` positions of streams inputs/targets (T, B):
-    the first ``burn`` steps only build state, after which ``fresh`` streams restart from 0."""
-    state = model.zero_state(inputs.shape[1])
+def score(w: lstm.Params, inputs: np.ndarray, targets: np.ndarray, scored: np.ndarray,
+          fresh: np.ndarray, burn: int) -> float:
+    """Σ -log p(target) over the ``scored`` positions of streams inputs/targets (T, B) under
+    parameters ``w``: the first ``burn`` steps only build state, after which ``fresh`` streams
+    restart from 0. (A shard worker process runs this too: it has the parameters, not the
+    model.)"""
+    L, B, H = w.L, inputs.shape[1], w.H
+    h = np.zeros((L, B, H), w.flat.dtype)
+    c = np.zeros((L, B, H), w.flat.dtype)
     if burn:
-        _, state = model.log_probs(inputs[:burn], state)
-        state.h[:, fresh] = 0.0
-        state.c[:, fresh] = 0.0
+        _, h, c = lstm.run_layers(w, inputs[:burn], h, c)
+        h[:, fresh] = 0.0
+        c[:, fresh] = 0.0
     total = 0.0
     for t0 in range(burn, inputs.shape[0], CHUNK):
         t1 = min(t0 + CHUNK, inputs.shape[0])
-        logp, state = model.log_probs(inputs[t0:t1], state)  # (t, B, V)
+        y, h, c = lstm.run_layers(w, inputs[t0:t1], h, c)
+        logp = lstm.log_softmax(lstm.logits(w, y))  # (t, B, V)
         picked = np.take_along_axis(logp, targets[t0:t1, :, None], axis=2)[..., 0]  # (t, B)
         total -= float(np.sum(picked, where=scored[t0:t1], dtype=np.float64))
     return total

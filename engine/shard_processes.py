@@ -15,7 +15,8 @@ thread computes shard 0). They share one memory-mapped file with the caller:
 - one gradient buffer per worker, which the caller adds up as it does the threads' ones.
 
 Everything else (the shard's inputs, initial state and dropout masks in, loss and final state
-out) goes through a pipe. The workers run exactly the code the threads run, on the same data,
+out) goes through a pipe. The same workers also score shares of the validation streams
+(``evaluate.mean_loss``), which in threads took the same turns at the GIL. The workers run exactly the code the threads run, on the same data,
 with single-threaded BLAS, so the results are bit for bit those of thread shards.
 
 A worker is a plain ``python -c`` child (:func:`worker_main`), not a
@@ -107,15 +108,25 @@ class ShardProcesses:
     def submit(self, i: int, inputs: np.ndarray, targets: np.ndarray, h0: np.ndarray,
                c0: np.ndarray, masks: list[np.ndarray] | None, need_grad: bool) -> None:
         """Start worker ``i`` on one shard (arguments as ``lstm.Window.forward``) with the
-        parameters in :attr:`params`; collect it with :meth:`result`."""
+        parameters in :attr:`params`; collect it with :meth:`result`: the loss and final state
+        (h_T, c_T), the gradient in ``grads[i]``."""
+        self._send(i, ("step", (inputs, targets, h0, c0, masks, need_grad)))
+
+    def submit_score(self, i: int, inputs: np.ndarray, targets: np.ndarray, scored: np.ndarray,
+                     fresh: np.ndarray, burn: int) -> None:
+        """Start worker ``i`` scoring streams (arguments as ``evaluate.score``) with the
+        parameters in :attr:`params`; :meth:`result` is then their Σ -log p."""
+        self._send(i, ("score", (inputs, targets, scored, fresh, burn)))
+
+    def result(self, i: int):
+        """What worker ``i`` computed for its latest :meth:`submit` or :meth:`submit_score`."""
+        return self._reply(i, self._workers[i][1])
+
+    def _send(self, i: int, job: tuple) -> None:
         try:
-            self._workers[i][1].send((inputs, targets, h0, c0, masks, need_grad))
+            self._workers[i][1].send(job)
         except OSError as exc:  # the worker's end is closed: it died
             raise self._died(i) from exc
-
-    def result(self, i: int) -> tuple[float, np.ndarray, np.ndarray]:
-        """Worker ``i``'s loss and final state (h_T, c_T); its gradient is in ``grads[i]``."""
-        return self._reply(i, self._workers[i][1])
 
     def _reply(self, i: int, conn: Connection):
         try:
@@ -182,6 +193,7 @@ def _stop(workers: list[tuple[subprocess.Popen, Connection]]) -> None:
 def _serve(conn: Connection, path: str, shapes: tuple[int, int, int, int], dtype: str,
            index: int) -> None:
     from .blas import set_num_threads
+    from .evaluate import score  # here: evaluate imports this module
 
     set_num_threads(1)  # one core per shard, as the thread shards run
     # A terminal's Ctrl-C reaches the whole process group; the parent decides, and a worker
@@ -198,19 +210,23 @@ def _serve(conn: Connection, path: str, shapes: tuple[int, int, int, int], dtype
     conn.send(("ok", None))
     while True:
         try:
-            inputs, targets, h0, c0, masks, need_grad = conn.recv()
+            kind, args = conn.recv()
         except EOFError:
             return  # the parent closed its end, or died
         try:
-            T, B = inputs.shape
-            window = windows.get((T, B))
-            if window is None:
-                windows.clear()  # one shape at a time, as training uses
-                window = windows[(T, B)] = lstm.Window(*shapes, T, B, dt)
-            loss = window.forward(w, inputs, targets, h0, c0, masks)
-            if need_grad:
-                window.backward(w, g, [np.ascontiguousarray(W.T) for W in w.W_h])
-            reply = ("ok", (loss, *window.final_state()))
+            if kind == "score":  # validation (evaluate.mean_loss)
+                reply = ("ok", score(w, *args))
+            else:
+                inputs, targets, h0, c0, masks, need_grad = args
+                T, B = inputs.shape
+                window = windows.get((T, B))
+                if window is None:
+                    windows.clear()  # one shape at a time, as training uses
+                    window = windows[(T, B)] = lstm.Window(*shapes, T, B, dt)
+                loss = window.forward(w, inputs, targets, h0, c0, masks)
+                if need_grad:
+                    window.backward(w, g, [np.ascontiguousarray(W.T) for W in w.W_h])
+                reply = ("ok", (loss, *window.final_state()))
         except Exception:  # noqa: BLE001 - reported to the parent, which raises it
             reply = ("error", traceback.format_exc())
         try:

@@ -296,7 +296,8 @@ class Trainer:
         """Mean nats/char on the whole validation slice (None if it has < 2 characters)."""
         if len(self._val_ids) < 2:
             return None
-        return mean_loss(self.model, self._val_ids, comm=self.comm)
+        # In the shard workers when the training layout has them (same numbers as threads).
+        return mean_loss(self.model, self._val_ids, comm=self.comm, processes=self._processes)
 
     def _validate(self) -> tuple[float | None, bool]:
         val = self.evaluate()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from charlstm.engine import CharLSTM, ConfigError, ModelConfig, TrainConfig, Trainer, Vocab, lstm
+from charlstm.engine.evaluate import mean_loss
 from charlstm.engine.model import available_cores
 from charlstm.engine.parallelism import default_parallelism
 from charlstm.engine.shard_processes import ShardProcessError, ShardProcesses
@@ -190,3 +191,60 @@ def test_the_workers_end_when_their_trainer_is_killed():
             time.sleep(0.05)
     finally:
         parent.kill()
+
+
+def spy_on_scores(pool: ShardProcesses) -> list[int]:
+    """The workers ``pool.submit_score`` is called for, from now on."""
+    calls: list[int] = []
+    real = pool.submit_score
+
+    def submit_score(i, *args):
+        calls.append(i)
+        real(i, *args)
+
+    pool.submit_score = submit_score  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_validation_scored_in_the_workers_equals_the_threads_bit_for_bit(processes, dtype):
+    ids = np.random.default_rng(1).integers(0, V, 4000)
+    m = model(dtype)
+    pool = processes(1, dtype)
+    calls = spy_on_scores(pool)
+    threads = mean_loss(m, ids, streams=32, workers=2)
+    assert mean_loss(m, ids, streams=32, workers=2, processes=pool) == threads
+    assert calls == [0]
+    # Another split than the workers': threads, as without them.
+    assert mean_loss(m, ids, streams=32, workers=3, processes=pool) == \
+        mean_loss(m, ids, streams=32, workers=3)
+    assert calls == [0]
+
+
+def test_a_failing_score_reports_the_workers_traceback(processes):
+    pool = processes(1)
+    inputs = np.full((9, 4), V)  # an id past the vocabulary: the worker's embedding lookup fails
+    scored = np.ones((9, 4), bool)
+    pool.submit_score(0, inputs, inputs, scored, np.zeros(4, bool), 2)
+    with pytest.raises(ShardProcessError, match="(?s)shard process 1 failed.*IndexError"):
+        pool.result(0)
+    pool.submit_score(0, inputs % V, inputs % V, scored, np.zeros(4, bool), 2)
+    assert np.isfinite(pool.result(0))  # the worker serves the next job
+
+
+@needs_two_cores
+def test_a_trainers_validation_runs_in_its_shard_workers():
+    vocab = Vocab.from_text(TEXT)
+    m = CharLSTM(ModelConfig(vocab_size=vocab.size, embedding_size=8, hidden_size=16,
+                             num_layers=2), seed=5)
+    # 67,500 validation characters: 32 streams, two workers' worth
+    trainer = Trainer(m, vocab, TEXT * 50, TrainConfig(seq_len=8, batch_size=32, steps=4,
+                                                      val_fraction=0.5, seed=7))
+    try:
+        trainer.train_step()
+        calls = spy_on_scores(trainer._processes)
+        val = trainer.evaluate()
+        assert calls == [0]
+        assert val == mean_loss(m, trainer._val_ids, workers=2)  # the threads' number
+    finally:
+        trainer.close()

@@ -44,11 +44,11 @@ def mean_loss(model: CharLSTM, ids: np.ndarray, streams: int | None = None, work
     BURN_IN characters before its piece (unscored) so that it starts with context, which
     makes the result match a single sequential pass closely rather than exactly.
     The streams are shared among ``workers`` threads (default: one per core, at most one per
-    16 streams), with single-threaded BLAS (see :mod:`blas`). ``processes`` (a Trainer's
-    shard workers, loaded with nothing in particular: the parameters are copied in): where
-    the streams are shared among exactly ``processes.count + 1`` workers, the shares after the
-    first are scored in those processes instead of threads, with the same result bit for bit
-    and without the threads taking turns at the GIL for every NumPy call.
+    16 streams), with single-threaded BLAS (see :mod:`blas`). ``processes``: a Trainer's shard
+    workers for this model's shapes (the parameters are copied into them here). Where the
+    streams are shared among exactly ``processes.count + 1`` workers, the shares after the
+    first are scored in those processes instead of threads: the same result bit for bit,
+    without the threads taking turns at the GIL for every NumPy call.
     With a communicator of several ranks (collective: every rank calls it with the same
     arguments), each rank scores its share of the streams and the sums are added up.
     """

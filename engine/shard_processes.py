@@ -16,8 +16,9 @@ thread computes shard 0). They share one memory-mapped file with the caller:
 
 Everything else (the shard's inputs, initial state and dropout masks in, loss and final state
 out) goes through a pipe. The same workers also score shares of the validation streams
-(``evaluate.mean_loss``), which in threads took the same turns at the GIL. The workers run exactly the code the threads run, on the same data,
-with single-threaded BLAS, so the results are bit for bit those of thread shards.
+(``evaluate.mean_loss``), which in threads took the same turns at the GIL. The workers run
+exactly the code the threads run, on the same data, with single-threaded BLAS, so the results
+are bit for bit those of thread shards.
 
 A worker is a plain ``python -c`` child (:func:`worker_main`), not a
 ``multiprocessing`` one: that start method would re-import the caller's main module (a server,

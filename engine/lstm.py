@@ -106,7 +106,7 @@ class GateConstants(NamedTuple):
     def scale(self, rows: int) -> np.ndarray:
         """The column scale that :func:`gate_activations_` applies first to ``rows`` rows:
         what a caller folds into its weights to pass ``prescaled=True``."""
-        return self.neg if rows * self.neg.shape[0] >= EXP_FORM_MIN_SIZE else self.half
+        return self.neg if uses_exp_form(rows * self.neg.shape[0]) else self.half
 
 
 _GATE_CONSTANTS: dict[tuple[int, object], GateConstants] = {}
@@ -118,6 +118,11 @@ _GATE_CONSTANTS: dict[tuple[int, object], GateConstants] = {}
 # slower at 1 x 1024, where each NumPy call's fixed cost dominates. A fixed size, not a timing,
 # so that every process (shard workers, replicas) takes the same form for the same shapes.
 EXP_FORM_MIN_SIZE = 4096
+
+
+def uses_exp_form(elements: int) -> bool:
+    """Whether gates of ``elements`` pre-activations (B x 4H) take the exp form."""
+    return elements >= EXP_FORM_MIN_SIZE
 
 
 def gate_constants(H: int, dtype) -> GateConstants:
@@ -148,7 +153,7 @@ def gate_activations_(z: np.ndarray, gates: GateConstants, prescaled: bool = Fal
     prescaled: z arrives already multiplied by ``gates.scale(B)`` (the training path folds it
     into its weight copies: exact, as ½, -1 and -2 are powers of two), saving one pass.
     """
-    if z.size >= EXP_FORM_MIN_SIZE:
+    if uses_exp_form(z.size):
         if not prescaled:
             z *= gates.neg  # [-z_ifo, -2 z_g]
         with np.errstate(over="ignore"):

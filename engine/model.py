@@ -205,7 +205,8 @@ class CharLSTM:
         check_int("workers", workers, 1, 256)
         T, B = inputs.shape
         state = self.zero_state(B) if state is None else self._check_state(state, B)
-        W_hT = [np.ascontiguousarray(W.T) for W in self.params.W_h]  # (4H, H): backward's GEMMs
+        # (4H, H), C-contiguous: backward's recurrent GEMMs (a loss-only call needs none)
+        W_hT = [np.ascontiguousarray(W.T) for W in self.params.W_h] if need_grad else []
         shards = min(workers, B)
         bounds = [B * i // shards for i in range(shards + 1)]  # contiguous ranges of streams
         while len(self._grads) < (1 if processes is not None else shards):  # one per thread shard
